@@ -1,0 +1,1 @@
+"""Training helpers: selectors (optimizers, losses, samplers), metrics, logging, checkpoints, plots."""
