@@ -1,0 +1,221 @@
+"""MIT-BIH Arrhythmia Database: heartbeats in the Kaggle "ECG Heartbeat Categorization" format.
+
+Kachuee et al. (2018): lead MLII resampled to 125 Hz, cut into 10-second windows, each window
+min-max scaled to [0, 1]; a beat starts at its annotated R peak and spans 1.2 x the median RR
+interval of its window, zero-padded or cut to 187 samples. Records 102 and 104 have no MLII lead;
+their lead 0 (V5 and V2) is used instead. Record 114 has MLII on lead 1.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from math import gcd
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.signal import resample_poly
+from sklearn.model_selection import train_test_split
+from tqdm import tqdm
+
+from loaders.dataset import DataSplits, ECGDataset
+from loaders.download import PHYSIONET_MITDB, fetch_files
+from toolbox.utils import ECGError, atomic_write
+
+log = logging.getLogger(__name__)
+
+RECORDS = [
+    "100", "101", "102", "103", "104", "105", "106", "107", "108", "109", "111", "112", "113", "114",
+    "115", "116", "117", "118", "119", "121", "122", "123", "124", "200", "201", "202", "203", "205",
+    "207", "208", "209", "210", "212", "213", "214", "215", "217", "219", "220", "221", "222", "223",
+    "228", "230", "231", "232", "233", "234",
+]
+AAMI_CLASSES = ["N", "S", "V", "F", "Q"]
+AAMI_MAP = {**dict.fromkeys("NLRej", 0), **dict.fromkeys("AaJS", 1), **dict.fromkeys("VE", 2),
+            "F": 3, **dict.fromkeys("/fQ", 4)}
+BINARY_CLASSES = ["N", "abnormal"]
+# Every beat annotation of the MIT-BIH format (used for RR intervals, labelled or not).
+BEAT_SYMBOLS = set("NLRBAaJSVrFejnE/fQ?")
+# Bump when the extraction code changes in a way that changes its output (invalidates caches).
+EXTRACTION_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BeatParams:
+    """Everything the extracted beats depend on; the cache is keyed by it."""
+
+    fs: int = 125
+    length: int = 187
+    window_s: float = 10.0
+    rr_factor: float = 1.2
+    lead: str = "MLII"
+
+    def key(self) -> str:
+        blob = json.dumps({**asdict(self), "version": EXTRACTION_VERSION, "records": RECORDS}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def missing_files(raw_dir: Path, records: list[str] = RECORDS) -> list[str]:
+    """Names of the record files (.hea, .dat, .atr) absent from ``raw_dir``."""
+    return [f"{r}{ext}" for r in records for ext in (".hea", ".dat", ".atr") if not (raw_dir / f"{r}{ext}").is_file()]
+
+
+def ensure_records(raw_dir: Path, data_url: str | None = None, progress: bool = True) -> None:
+    """Download missing MIT-BIH files (from PhysioNet, or ``data_url``) or raise a one-line ECGError."""
+    missing = missing_files(raw_dir)
+    if missing:
+        fetch_files(data_url or PHYSIONET_MITDB, missing, raw_dir, what="the MIT-BIH Arrhythmia Database (mitdb)",
+                    progress=progress)
+
+
+def _window_scale(x: np.ndarray, win: int) -> np.ndarray:
+    """Min-max scale ``x`` to [0, 1] separately in each window of ``win`` samples."""
+    starts = np.arange(0, len(x), win)
+    lo = np.minimum.reduceat(x, starts)
+    span = np.maximum.reduceat(x, starts) - lo
+    span[span == 0] = 1.0
+    wid = np.arange(len(x)) // win
+    return (x - lo[wid]) / span[wid]
+
+
+def _window_median_rr(beats: np.ndarray, n_windows: int, win: int) -> np.ndarray:
+    """Median RR interval (samples) of each window; the record's median where a window has < 2 beats."""
+    rr = np.diff(beats)
+    rr_win = beats[1:] // win
+    same = (beats[:-1] // win) == rr_win
+    overall = float(np.median(rr)) if len(rr) else float(win)
+    med = np.full(n_windows, overall)
+    for w in np.unique(rr_win[same]):
+        med[w] = np.median(rr[same & (rr_win == w)])
+    return med
+
+
+def extract_record(raw_dir: Path, record: str, params: BeatParams = BeatParams()) -> dict[str, np.ndarray]:
+    """Beats of one record: ``x`` (n, length) float32, ``label`` (AAMI index), ``sample`` (at 360 Hz)."""
+    import wfdb  # imported here: reading records is the only place that needs it
+
+    path = str(raw_dir / record)
+    try:
+        rec = wfdb.rdrecord(path)
+        ann = wfdb.rdann(path, "atr")
+    except Exception as exc:  # wfdb raises many types for a damaged file
+        raise ECGError(f"cannot read MIT-BIH record {raw_dir / record} ({type(exc).__name__}: {exc}); "
+                       f"replace its .hea/.dat/.atr files with PhysioNet's") from None
+    lead = rec.sig_name.index(params.lead) if params.lead in rec.sig_name else 0
+    fs_in = int(rec.fs)
+    g = gcd(params.fs, fs_in)
+    x = resample_poly(rec.p_signal[:, lead], params.fs // g, fs_in // g)
+    win = int(round(params.window_s * params.fs))
+    x = _window_scale(x, win)
+
+    symbols = np.asarray(ann.symbol)
+    pos = np.clip(np.round(ann.sample * params.fs / fs_in).astype(np.int64), 0, len(x) - 1)
+    is_beat = np.isin(symbols, list(BEAT_SYMBOLS))
+    med_rr = _window_median_rr(pos[is_beat], -(-len(x) // win), win)
+
+    keep = np.isin(symbols, list(AAMI_MAP))
+    starts = pos[keep]
+    spans = np.minimum(np.round(params.rr_factor * med_rr[starts // win]).astype(np.int64), params.length)
+    offsets = np.arange(params.length)
+    idx = starts[:, None] + offsets[None, :]
+    valid = (offsets[None, :] < spans[:, None]) & (idx < len(x))
+    beats = np.where(valid, x[np.minimum(idx, len(x) - 1)], 0.0).astype(np.float32)
+    labels = np.array([AAMI_MAP[s] for s in symbols[keep]], dtype=np.int64)
+    return {"x": beats, "label": labels, "sample": ann.sample[keep].astype(np.int64),
+            "record": np.full(len(labels), int(record), dtype=np.int64)}
+
+
+def extract_beats(raw_dir: Path, params: BeatParams = BeatParams(), progress: bool = True) -> dict[str, np.ndarray]:
+    """Beats of all 48 records, concatenated in record order."""
+    parts = [extract_record(raw_dir, r, params) for r in tqdm(RECORDS, desc="extract MIT-BIH beats",
+                                                                unit="record", disable=None if progress else True)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def load_beats(raw_dir: Path, cache_dir: Path, params: BeatParams = BeatParams(), *, data_url: str | None = None,
+               progress: bool = True) -> dict[str, np.ndarray]:
+    """Extracted beats, from the cache under ``cache_dir`` when present, else extracted and cached."""
+    cache = cache_dir / f"mitdb_beats_{params.key()}.npz"
+    if cache.is_file():
+        try:
+            with np.load(cache) as z:
+                return {k: z[k] for k in ("x", "label", "sample", "record")}
+        except Exception as exc:  # a damaged cache is rebuilt, not trusted
+            log.warning("ignoring unreadable cache %s (%s)", cache, exc)
+    ensure_records(raw_dir, data_url, progress)
+    t0 = time.perf_counter()
+    beats = extract_beats(raw_dir, params, progress)
+    log.info("extracted %d beats in %.1f s", len(beats["label"]), time.perf_counter() - t0)
+    try:
+        atomic_write(cache, lambda tmp: np.savez(open(tmp, "wb"), **beats))
+    except OSError as exc:
+        raise ECGError(f"cannot write the beat cache {cache} ({exc.strerror}); choose a writable --root-dir") from None
+    return beats
+
+
+def intra_patient_split(labels: np.ndarray, seed: int, test_frac: float = 0.2,
+                        val_frac: float = 0.1) -> dict[str, np.ndarray]:
+    """Stratified random split of beat indices: ``test_frac`` for test, then ``val_frac`` of the rest for val."""
+    idx = np.arange(len(labels))
+    rest, test = train_test_split(idx, test_size=test_frac, stratify=labels, random_state=seed)
+    train, val = train_test_split(rest, test_size=val_frac, stratify=labels[rest], random_state=seed)
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def _manifest(beats: dict[str, np.ndarray], split: dict[str, np.ndarray], seed: int,
+              params: BeatParams) -> dict[str, Any]:
+    """splits.json content: for each split, the annotation samples of its beats grouped by record."""
+    out: dict[str, Any] = {"database": "mitdb", "protocol": "intra-patient", "split_seed": seed,
+                           "extraction": {**asdict(params), "version": EXTRACTION_VERSION},
+                           "counts": {}, "beats": {}}
+    for name, idx in split.items():
+        out["counts"][name] = {c: int(n) for c, n in zip(AAMI_CLASSES, np.bincount(beats["label"][idx],
+                                                                                   minlength=5), strict=False)}
+        rec, smp = beats["record"][idx], beats["sample"][idx]
+        out["beats"][name] = {str(r): smp[rec == r].tolist() for r in np.unique(rec)}
+    return out
+
+
+def _split_from_manifest(beats: dict[str, np.ndarray], manifest: dict[str, Any],
+                         params: BeatParams) -> dict[str, np.ndarray]:
+    """Indices of the beats a saved splits.json names; an error if they do not match the extraction."""
+    if manifest.get("extraction") != {**asdict(params), "version": EXTRACTION_VERSION}:
+        raise ECGError("the run's splits.json was made with other extraction parameters; start a new run "
+                       "with --version bump")
+    key = beats["record"] * 1_000_000 + beats["sample"]
+    order = np.argsort(key)
+    split = {}
+    for name in ("train", "val", "test"):
+        wanted = np.concatenate([int(r) * 1_000_000 + np.asarray(s, dtype=np.int64)
+                                 for r, s in manifest["beats"][name].items()] or [np.zeros(0, np.int64)])
+        pos = np.searchsorted(key[order], wanted)
+        pos = np.minimum(pos, len(key) - 1)
+        if not np.array_equal(key[order][pos], wanted):
+            raise ECGError(f"the run's splits.json names {name} beats that the extraction lacks; "
+                           f"start a new run with --version bump")
+        split[name] = np.sort(order[pos])
+    return split
+
+
+def build(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, saved_manifest: dict | None = None,
+          data_url: str | None = None, progress: bool = True) -> DataSplits:
+    """The MIT-BIH train/val/test datasets (5 AAMI classes, or N versus the rest when ``binary``)."""
+    params = BeatParams()
+    beats = load_beats(raw_dir, cache_dir, params, data_url=data_url, progress=progress)
+    if saved_manifest is not None:
+        split = _split_from_manifest(beats, saved_manifest, params)
+        manifest = saved_manifest
+    else:
+        split = intra_patient_split(beats["label"], split_seed)
+        manifest = _manifest(beats, split, split_seed, params)
+    labels = (beats["label"] > 0).astype(np.int64) if binary else beats["label"]
+    classes = BINARY_CLASSES if binary else AAMI_CLASSES
+
+    def subset(idx: np.ndarray) -> ECGDataset:
+        return ECGDataset(beats["x"][idx, None, :], labels[idx], classes,
+                          meta={"record": beats["record"][idx], "sample": beats["sample"][idx]})
+
+    return DataSplits(subset(split["train"]), subset(split["val"]), subset(split["test"]), manifest)
