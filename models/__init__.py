@@ -1,0 +1,30 @@
+"""Model selector: instance names map to constructors ``(in_channels, num_classes) -> nn.Module`` (logits)."""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from torch import nn
+
+from models.cnn import CNN1d
+from models.lstm import LSTMClassifier
+from models.resnet import ResNet1d
+from toolbox.utils import ECGError
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "cnn1d_3": functools.partial(CNN1d, widths=(32, 64, 128)),
+    "lstm_1": functools.partial(LSTMClassifier, num_layers=1),
+    "lstm_2": functools.partial(LSTMClassifier, num_layers=2),
+    "lstm_3": functools.partial(LSTMClassifier, num_layers=3),
+    "resnet1d_10": functools.partial(ResNet1d, blocks=(1, 1, 1, 1)),
+    "resnet1d_18": functools.partial(ResNet1d, blocks=(2, 2, 2, 2)),
+    "resnet1d_v2_10": functools.partial(ResNet1d, blocks=(1, 1, 1, 1), preact=True),
+    "resnet1d_v2_18": functools.partial(ResNet1d, blocks=(2, 2, 2, 2), preact=True),
+}
+
+
+def get_model(name: str, in_channels: int, num_classes: int) -> nn.Module:
+    """Build model ``name`` for inputs of ``in_channels`` leads and ``num_classes`` outputs (logits)."""
+    if name not in MODELS:
+        raise ECGError(f"unknown model '{name}'; valid: {', '.join(MODELS)}")
+    return MODELS[name](in_channels, num_classes)
