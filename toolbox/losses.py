@@ -1,0 +1,54 @@
+"""Criterion selector and class weights. Losses take logits."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from toolbox.utils import ECGError
+
+# How strongly rare classes are up-weighted: weight of class c is proportional to n_c ** -power.
+BALANCE_POWERS = {"equal": 1.0, "importance": 0.5}
+
+
+def class_weights(counts: np.ndarray, mode: str) -> torch.Tensor:
+    """Per-class weights from class counts: ``equal`` ~ 1/n_c, ``importance`` ~ 1/sqrt(n_c); mean example weight 1."""
+    if mode not in BALANCE_POWERS:
+        raise ECGError(f"unknown class balance '{mode}'; valid: {', '.join(BALANCE_POWERS)}")
+    counts = np.asarray(counts, dtype=np.float64)
+    w = np.where(counts > 0, np.maximum(counts, 1.0) ** -BALANCE_POWERS[mode], 0.0)
+    w /= (w * counts).sum() / counts.sum()
+    return torch.tensor(w, dtype=torch.float32)
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al. 2017): cross-entropy scaled by (1 - p_true) ** gamma, optional class weights."""
+
+    def __init__(self, weight: torch.Tensor | None = None, gamma: float = 2.0) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.gamma = gamma
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
+        loss = -((1 - logp.exp()) ** self.gamma) * logp
+        if self.weight is not None:
+            w = self.weight[target]
+            return (w * loss).sum() / w.sum()
+        return loss.mean()
+
+
+CRITERIA: dict[str, Callable[[torch.Tensor | None], nn.Module]] = {
+    "crossentropy": lambda weight: nn.CrossEntropyLoss(weight=weight),
+    "focal": lambda weight: FocalLoss(weight=weight),
+}
+
+
+def get_criterion(name: str, weight: torch.Tensor | None = None) -> nn.Module:
+    """Loss ``name`` with optional per-class ``weight``."""
+    if name not in CRITERIA:
+        raise ECGError(f"unknown criterion '{name}'; valid: {', '.join(CRITERIA)}")
+    return CRITERIA[name](weight)
