@@ -1,0 +1,205 @@
+"""pytorch-ecg commander: train, resume and test ECG classifiers. Run ``python commander.py --help``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import trainer
+from args import check_num_classes, get_args_parser, parse_args, run_name, select_run
+from loaders import DataSplits, get_loader, make_dataloader, raw_dir
+from models import get_model
+from toolbox import checkpoint
+from toolbox.logger import RunLogger, save_predictions
+from toolbox.losses import class_weights, get_criterion
+from toolbox.metrics import per_class_table
+from toolbox.optimizers import PER_BATCH, get_optimizer, get_scheduler, step_epoch
+from toolbox.plotter import confusion_matrix_png
+from toolbox.samplers import get_sampler
+from toolbox.utils import ECGError, environment_info, setup_env, write_json
+
+SHORT_RUN_BATCHES = 10
+# Schedulers whose shape is fixed by --epochs when they are built.
+EPOCH_SHAPED = {"OneCycleLR", "CosineAnnealingLR"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        return run(parse_args(argv))
+    except ECGError as exc:
+        print(f"commander.py: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("commander.py: interrupted; the last complete epoch's checkpoint is kept: continue with "
+              "the same flags and --resume latest", file=sys.stderr)
+        return 130
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    db, build = get_loader(args.dataset)
+    run_dir = select_run(args.root_dir / args.dataset / "runs", run_name(args), args.version,
+                         existing=args.resume is not None)
+    device = setup_env(args.seed, args.disable_cuda)
+
+    splits_file = run_dir / "splits.json"
+    manifest = json.loads(splits_file.read_text()) if splits_file.is_file() else None
+    data = build(raw_dir(db, args.root_dir), args.root_dir / "cache", split_seed=args.split_seed,
+                 saved_manifest=manifest, data_url=args.data_url)
+    check_num_classes(args, data.classes)
+    if args.verbose:
+        print(f"{args.dataset}: examples per class and split\n{data.counts_table()}")
+
+    model = get_model(args.model_name, data.in_channels, len(data.classes)).to(device)
+    weight = class_weights(data.train.class_counts(), args.class_balance) if args.class_balance else None
+    criterion = get_criterion(args.criterion, weight).to(device)
+    if args.test:
+        return test_run(args, run_dir, model, criterion, data, device)
+    return train_run(args, run_dir, model, criterion, data, device)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, args: argparse.Namespace, data: DataSplits) -> dict[str, Any]:
+    """Read a checkpoint, check it fits this model and dataset, and load its weights."""
+    state = checkpoint.load(path)
+    checkpoint.check_compatible(state, path, model_name=args.model_name, in_channels=data.in_channels,
+                                num_classes=len(data.classes))
+    model.load_state_dict(state["model"])
+    return state
+
+
+def test_run(args: argparse.Namespace, run_dir: Path, model: torch.nn.Module, criterion: torch.nn.Module,
+             data: DataSplits, device: torch.device) -> int:
+    """Evaluate a saved checkpoint on the test split and write pred/."""
+    path = checkpoint.resolve(run_dir, args.resume)
+    state = load_checkpoint(path, model, args, data)
+    loader = make_dataloader(data.test, args.batch_size, workers=args.workers, pin_memory=device.type == "cuda")
+    metrics, probs, targets = trainer.test(model, loader, criterion, device, data.classes, amp=args.amp,
+                                           max_batches=SHORT_RUN_BATCHES if args.short_run else None)
+    pred_dir, tag = run_dir / "pred", f"test_{args.resume}"
+    save_predictions(pred_dir / f"{tag}_predictions.csv", probs, targets, data.classes, data.test.meta)
+    write_json(pred_dir / f"{tag}_metrics.json", {"checkpoint": path.name, "epoch": state["epoch"],
+                                                  "examples": len(targets), **metrics})
+    for normalize, suffix in ((False, ""), (True, "_normalized")):
+        confusion_matrix_png(metrics["confusion_matrix"], data.classes, pred_dir / f"{tag}_confusion{suffix}.png",
+                             normalize=normalize, title=f"{run_dir.name}\n{path.name}, epoch {state['epoch']}")
+    print(f"test ({path.name}, epoch {state['epoch']}, {len(targets)} examples): "
+          f"accuracy {metrics['accuracy']:.4f}  balanced accuracy {metrics['balanced_accuracy']:.4f}  "
+          f"macro-F1 {metrics['macro_f1']:.4f}  loss {metrics['loss']:.4f}")
+    print(per_class_table(metrics))
+    print(f"predictions, metrics and confusion matrices: {pred_dir}")
+    return 0
+
+
+def train_run(args: argparse.Namespace, run_dir: Path, model: torch.nn.Module, criterion: torch.nn.Module,
+              data: DataSplits, device: torch.device) -> int:
+    """Train (or continue training) until --epochs, validating and checkpointing every epoch."""
+    max_batches = SHORT_RUN_BATCHES if args.short_run else None
+    generator = torch.Generator().manual_seed(args.seed)
+    sampler = get_sampler(args.sampler, data.train.labels, generator)
+    pin = device.type == "cuda"
+    train_loader = make_dataloader(data.train, args.batch_size, shuffle=True, sampler=sampler,
+                                   workers=args.workers, generator=generator, pin_memory=pin)
+    val_loader = make_dataloader(data.val, args.batch_size, workers=args.workers, pin_memory=pin)
+    optimizer = get_optimizer(args.optimizer, model, args.lr, args.momentum, args.weight_decay)
+    steps = min(len(train_loader), max_batches or len(train_loader))
+    scheduler = get_scheduler(args.scheduler, optimizer, epochs=args.epochs, steps_per_epoch=steps,
+                              step=args.step, decay=args.lr_decay, lr=args.lr)
+
+    start_epoch, best_score, best_epoch = 0, -math.inf, 0
+    if args.pretrained:
+        load_checkpoint(args.pretrained, model, args, data)
+    if args.resume:
+        path = checkpoint.resolve(run_dir, args.resume)
+        state = load_checkpoint(path, model, args, data)
+        trained_for = state["args"]["epochs"]
+        if args.scheduler in EPOCH_SHAPED and trained_for != args.epochs:
+            raise ECGError(f"{args.scheduler} was shaped for --epochs {trained_for} when this run started; "
+                           f"resume with --epochs {trained_for}")
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best_score, best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
+        checkpoint.set_rng_state(state["rng"], generator)
+    if args.start_epoch is not None:
+        start_epoch = args.start_epoch
+    if start_epoch >= args.epochs:
+        raise ECGError(f"{run_dir.name} has already trained {start_epoch} epochs; pass --epochs above "
+                       f"{start_epoch} to continue it, or --test to evaluate it")
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ECGError(f"cannot create the run folder {run_dir} ({exc.strerror}); "
+                       f"choose a writable --root-dir") from None
+    config = {"run": run_dir.name, "command": sys.argv, "flags": {k: str(v) if isinstance(v, Path) else v
+                                                                  for k, v in vars(args).items()},
+              "dataset": {"classes": data.classes, "in_channels": data.in_channels,
+                          "raw_dir": str(raw_dir(get_loader(args.dataset)[0], args.root_dir).resolve())},
+              "model": {"parameters": sum(p.numel() for p in model.parameters())}, **environment_info()}
+    if not (run_dir / "config.json").exists():
+        write_json(run_dir / "config.json", config)
+    if not (run_dir / "splits.json").exists():
+        write_json(run_dir / "splits.json", data.manifest)
+
+    logger = RunLogger(run_dir, args.tensorboard, start_epoch)
+    batch_scheduler = scheduler if args.scheduler in PER_BATCH else None
+    print(f"run {run_dir}: {args.model_name} ({config['model']['parameters']:,} parameters) on {device}, "
+          f"{len(data.train)} train / {len(data.val)} val examples, epochs {start_epoch + 1}-{args.epochs}")
+    try:
+        for epoch in range(start_epoch + 1, args.epochs + 1):
+            tr = trainer.train(model, train_loader, criterion, optimizer, device, epoch, data.classes,
+                               batch_scheduler=batch_scheduler, amp=args.amp, max_batches=max_batches)
+            val, probs, targets = trainer.validate(model, val_loader, criterion, device, data.classes,
+                                                   amp=args.amp, max_batches=max_batches)
+            step_epoch(scheduler, val["macro_f1"])
+            is_best = val["macro_f1"] > best_score
+            if is_best:
+                best_score, best_epoch = val["macro_f1"], epoch
+            save_predictions(run_dir / "res" / f"val_epoch{epoch:03d}.csv", probs, targets, data.classes,
+                             data.val.meta)
+            checkpoint.save({
+                "epoch": epoch, "model_name": args.model_name, "in_channels": data.in_channels,
+                "num_classes": len(data.classes), "classes": data.classes, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "best_score": best_score, "best_epoch": best_epoch, "val_macro_f1": val["macro_f1"],
+                "args": config["flags"], "rng": checkpoint.rng_state(generator),
+            }, run_dir, is_best=is_best)
+            logger.log_epoch(epoch, "train", tr)
+            logger.log_epoch(epoch, "val", {
+                "loss": val["loss"], "accuracy": val["accuracy"], "balanced_accuracy": val["balanced_accuracy"],
+                "macro_f1": val["macro_f1"], "seconds": val["seconds"],
+                "f1_per_class": {c: m["f1"] for c, m in val["per_class"].items()}})
+            print(f"epoch {epoch:>3}/{args.epochs}  train loss {tr['loss']:.4f} acc {tr['accuracy']:.4f} "
+                  f"f1 {tr['macro_f1']:.4f} | val loss {val['loss']:.4f} acc {val['accuracy']:.4f} "
+                  f"f1 {val['macro_f1']:.4f} | lr {tr['lr']:.2e} | {tr['seconds'] + val['seconds']:.1f} s"
+                  f"{'  *best' if is_best else ''}", flush=True)
+    finally:
+        logger.close()
+    hint = test_flags(args) + ["--test", "--resume", "best", "--version", run_dir.name.rsplit("_", 1)[1]]
+    print(f"best validation macro-F1 {best_score:.4f} at epoch {best_epoch}; evaluate it on the test split with:\n"
+          f"  python commander.py {' '.join(hint)}")
+    return 0
+
+
+def test_flags(args: argparse.Namespace) -> list[str]:
+    """The flags that name this run (those not at their defaults), for the hint printed after training."""
+    parser = get_args_parser()
+    flags = []
+    for name in ("dataset", "root_dir", "model_name", "optimizer", "lr", "batch_size", "scheduler", "criterion",
+                 "class_balance", "sampler"):
+        value = getattr(args, name)
+        if value != parser.get_default(name):
+            flags += [f"--{name.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
+    return flags
+
+if __name__ == "__main__":
+    sys.exit(main())
