@@ -1,0 +1,85 @@
+"""Beat extraction from the real MIT-BIH records."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from loaders import mitdb
+from toolbox.utils import ECGError
+
+# Beat annotations per AAMI class in the 48 records (PhysioNet's .atr files).
+ANNOTATION_TOTALS = {"N": 90_631, "S": 2_781, "V": 7_236, "F": 803, "Q": 8_043}
+
+
+def test_class_counts_match_annotation_totals(beats: dict) -> None:
+    counts = np.bincount(beats["label"], minlength=5)
+    for k, c in enumerate(mitdb.AAMI_CLASSES):
+        assert abs(counts[k] - ANNOTATION_TOTALS[c]) <= 0.005 * ANNOTATION_TOTALS[c], (c, counts[k])
+
+
+def test_shapes_range_and_bookkeeping(beats: dict) -> None:
+    n = len(beats["label"])
+    assert beats["x"].shape == (n, 187) and beats["x"].dtype == np.float32
+    assert beats["x"].min() >= 0.0 and beats["x"].max() <= 1.0
+    assert sorted(set(beats["record"].tolist())) == sorted(int(r) for r in mitdb.RECORDS)
+    key = beats["record"] * 1_000_000 + beats["sample"]
+    assert len(np.unique(key)) == n  # (record, annotation sample) identifies a beat
+
+
+def test_beats_span_about_one_point_two_rr_then_zero_padding(beats: dict) -> None:
+    # A beat of 1.2 x RR at 125 Hz: for 60-100 bpm, 90-150 samples; then zeros up to 187.
+    nonzero_len = 187 - np.argmax(beats["x"][:, ::-1] != 0, axis=1)
+    assert 90 <= np.median(nonzero_len) <= 150
+    short = nonzero_len < 187
+    assert short.mean() > 0.9
+    tail = beats["x"][short][:, -1]
+    assert np.all(tail == 0)
+
+
+def test_record_114_reads_mlii_from_lead_1(data_root: Path) -> None:
+    mlii = mitdb.extract_record(data_root / "mitdb", "114")
+    lead0 = mitdb.extract_record(data_root / "mitdb", "114", mitdb.BeatParams(lead="no-such-lead"))
+    assert len(mlii["label"]) == len(lead0["label"])
+    assert not np.allclose(mlii["x"], lead0["x"])
+
+
+def test_window_scale_maps_each_window_to_unit_range() -> None:
+    x = np.concatenate([np.linspace(-3, 5, 10), np.linspace(100, 90, 10), [7.0, 7.0]])
+    y = mitdb._window_scale(x, 10)
+    for w in range(2):
+        part = y[10 * w:10 * w + 10]
+        assert part.min() == 0.0 and part.max() == 1.0
+    assert np.all(y[20:] == 0.0)  # a flat window does not divide by zero
+
+
+def test_window_median_rr_falls_back_to_record_median() -> None:
+    beats = np.array([0, 10, 20, 30, 45, 60, 200])  # window 0: RR 10,10,10; window 1 (100-199): none
+    med = mitdb._window_median_rr(beats, 3, 100)
+    assert med[0] == 10
+    assert med[1] == np.median(np.diff(beats))  # record median where a window has no RR interval
+
+
+def test_cache_is_reused_without_reading_records(cache_root: Path, beats: dict, monkeypatch) -> None:
+    def fail(*args, **kwargs):
+        raise AssertionError("records were read again although the cache exists")
+
+    monkeypatch.setattr(mitdb, "extract_beats", fail)
+    again = mitdb.load_beats(Path("/nonexistent"), cache_root / "cache", progress=False)
+    for k in beats:
+        np.testing.assert_array_equal(again[k], beats[k])
+    assert len(list((cache_root / "cache").glob("mitdb_beats_*.npz"))) == 1
+
+
+def test_cache_key_depends_on_extraction_parameters() -> None:
+    assert mitdb.BeatParams().key() != mitdb.BeatParams(length=200).key()
+    assert mitdb.BeatParams().key() == mitdb.BeatParams().key()
+
+
+def test_corrupt_record_is_one_clear_error(tmp_path: Path, data_root: Path) -> None:
+    for ext in (".hea", ".atr"):
+        (tmp_path / f"100{ext}").write_bytes((data_root / "mitdb" / f"100{ext}").read_bytes())
+    (tmp_path / "100.dat").write_bytes(b"garbage")
+    with pytest.raises(ECGError, match="cannot read MIT-BIH record .*100"):
+        mitdb.extract_record(tmp_path, "100")

@@ -1,0 +1,61 @@
+"""Every architecture: output shape, any lead/class count, one optimisation step."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models import MODELS, get_model
+from toolbox.utils import ECGError
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("leads,classes,length", [(1, 5, 187), (12, 27, 1000), (2, 2, 187)])
+def test_forward_shape(name: str, leads: int, classes: int, length: int) -> None:
+    torch.manual_seed(0)
+    model = get_model(name, leads, classes).eval()
+    out = model(torch.randn(3, leads, length))
+    assert out.shape == (3, classes)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_one_optimisation_step_changes_weights_and_lowers_loss(name: str) -> None:
+    torch.manual_seed(0)
+    model = get_model(name, 1, 5)
+    x, y = torch.randn(16, 1, 187), torch.arange(16) % 5
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in model.parameters()]
+    losses = []
+    for _ in range(5):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=False))
+    assert losses[-1] < losses[0]
+
+
+def test_models_return_logits_not_probabilities() -> None:
+    torch.manual_seed(0)
+    out = get_model("cnn1d_3", 1, 5).eval()(torch.randn(8, 1, 187) * 5)
+    assert not torch.allclose(out.sum(dim=1), torch.ones(8))
+
+
+def test_names_build_distinct_architectures() -> None:
+    sizes = {name: sum(p.numel() for p in get_model(name, 1, 5).parameters()) for name in MODELS}
+    assert sizes["resnet1d_18"] > sizes["resnet1d_10"]
+    assert sizes["lstm_3"] > sizes["lstm_2"] > sizes["lstm_1"]
+    v1 = get_model("resnet1d_10", 1, 5)
+    v2 = get_model("resnet1d_v2_10", 1, 5)
+    assert type(v1.features[1]).__name__ == "BasicBlock" and type(v2.features[1]).__name__ == "PreActBlock"
+
+
+def test_lstm_recurs_over_time() -> None:
+    model = get_model("lstm_1", 1, 5)
+    assert model.lstm.input_size == 32  # features per step are the stem's channels, not 187 samples
+
+
+def test_unknown_model_lists_valid_names() -> None:
+    with pytest.raises(ECGError, match="valid: cnn1d_3, lstm_1"):
+        get_model("resnet1d_1000", 1, 5)

@@ -1,0 +1,64 @@
+"""The intra-patient split: disjoint, stratified, seeded, saved and reloaded."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from loaders import mitdb
+from toolbox.utils import ECGError
+
+
+def test_split_is_disjoint_complete_and_sized(beats: dict) -> None:
+    split = mitdb.intra_patient_split(beats["label"], seed=0)
+    tr, va, te = (set(split[k].tolist()) for k in ("train", "val", "test"))
+    assert not (tr & va) and not (tr & te) and not (va & te)
+    assert len(tr | va | te) == len(beats["label"])
+    n = len(beats["label"])
+    assert abs(len(te) - 0.2 * n) <= 1
+    assert abs(len(va) - 0.1 * (n - len(te))) <= 1
+
+
+def test_split_is_stratified(beats: dict) -> None:
+    labels = beats["label"]
+    split = mitdb.intra_patient_split(labels, seed=0)
+    overall = np.bincount(labels, minlength=5) / len(labels)
+    for name in ("train", "val", "test"):
+        share = np.bincount(labels[split[name]], minlength=5) / len(split[name])
+        np.testing.assert_allclose(share, overall, atol=0.002)
+
+
+def test_split_depends_on_seed_only(beats: dict) -> None:
+    a = mitdb.intra_patient_split(beats["label"], seed=0)
+    b = mitdb.intra_patient_split(beats["label"], seed=0)
+    c = mitdb.intra_patient_split(beats["label"], seed=1)
+    np.testing.assert_array_equal(a["test"], b["test"])
+    assert not np.array_equal(a["test"], c["test"])
+
+
+def test_binary_dataset_shares_the_split_and_maps_labels(cache_root: Path, data_root: Path) -> None:
+    five = mitdb.build(data_root / "mitdb", cache_root / "cache", binary=False, split_seed=0, progress=False)
+    two = mitdb.build(data_root / "mitdb", cache_root / "cache", binary=True, split_seed=0, progress=False)
+    assert two.classes == ["N", "abnormal"] and five.classes == mitdb.AAMI_CLASSES
+    np.testing.assert_array_equal(five.test.meta["sample"], two.test.meta["sample"])
+    np.testing.assert_array_equal(two.test.labels.numpy(), (five.test.labels.numpy() > 0).astype(int))
+    assert five.in_channels == 1 and tuple(five.train.x.shape[1:]) == (1, 187)
+
+
+def test_manifest_round_trip_gives_the_same_split(cache_root: Path, data_root: Path) -> None:
+    first = mitdb.build(data_root / "mitdb", cache_root / "cache", binary=False, split_seed=3, progress=False)
+    again = mitdb.build(data_root / "mitdb", cache_root / "cache", binary=False, split_seed=99,
+                        saved_manifest=first.manifest, progress=False)
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(first, name).meta["sample"], getattr(again, name).meta["sample"])
+        np.testing.assert_array_equal(getattr(first, name).meta["record"], getattr(again, name).meta["record"])
+    assert sum(first.manifest["counts"]["test"].values()) == len(first.test)
+
+
+def test_manifest_from_other_extraction_is_refused(cache_root: Path, data_root: Path, beats: dict) -> None:
+    split = mitdb.intra_patient_split(beats["label"], 0)
+    manifest = mitdb._manifest(beats, split, 0, mitdb.BeatParams(length=200))
+    with pytest.raises(ECGError, match="other extraction parameters"):
+        mitdb.build(data_root / "mitdb", cache_root / "cache", binary=False, split_seed=0,
+                    saved_manifest=manifest, progress=False)
