@@ -93,17 +93,48 @@ def _window_median_rr(beats: np.ndarray, n_windows: int, win: int) -> np.ndarray
     return med
 
 
-def extract_record(raw_dir: Path, record: str, params: BeatParams = BeatParams()) -> dict[str, np.ndarray]:
-    """Beats of one record: ``x`` (n, length) float32, ``label`` (AAMI index), ``sample`` (at 360 Hz)."""
+# Bits per sample of the WFDB signal formats PhysioNet uses (MIT-BIH is format 212).
+FORMAT_BITS = {"8": 8, "16": 16, "24": 24, "32": 32, "61": 16, "80": 8, "160": 16, "212": 12, "310": 10, "311": 10}
+
+
+def _read_record(raw_dir: Path, record: str):
+    """Read a record and its reference annotations, checking file sizes and annotation sanity first."""
     import wfdb  # imported here: reading records is the only place that needs it
 
-    path = str(raw_dir / record)
+    path = raw_dir / record
     try:
-        rec = wfdb.rdrecord(path)
-        ann = wfdb.rdann(path, "atr")
-    except Exception as exc:  # wfdb raises many types for a damaged file
-        raise ECGError(f"cannot read MIT-BIH record {raw_dir / record} ({type(exc).__name__}: {exc}); "
+        header = wfdb.rdheader(str(path))
+    except Exception as exc:  # wfdb raises many types for a damaged header
+        raise ECGError(f"{path}.hea is not a valid WFDB header ({type(exc).__name__}: {exc}); "
+                       f"replace it with PhysioNet's") from None
+    for fname in sorted(set(header.file_name)):
+        n_sig = header.file_name.count(fname)
+        fmt = header.fmt[header.file_name.index(fname)]
+        need = -(-header.sig_len * n_sig * FORMAT_BITS.get(str(fmt), 16) // 8)
+        have = (raw_dir / fname).stat().st_size if (raw_dir / fname).is_file() else 0
+        if have < need:
+            raise ECGError(f"{raw_dir / fname} holds {have} bytes but {path}.hea announces {header.sig_len} samples "
+                           f"x {n_sig} signals ({need} bytes); replace the record's files with PhysioNet's")
+    atr = path.with_suffix(".atr")
+    raw_atr = atr.read_bytes()
+    if len(raw_atr) < 2 or raw_atr[-2:] != b"\x00\x00":
+        raise ECGError(f"{atr} is truncated or not a WFDB annotation file (no end marker); replace it with PhysioNet's")
+    try:
+        rec = wfdb.rdrecord(str(path))
+        ann = wfdb.rdann(str(path), "atr")
+    except Exception as exc:
+        raise ECGError(f"cannot read MIT-BIH record {path} ({type(exc).__name__}: {exc}); "
                        f"replace its .hea/.dat/.atr files with PhysioNet's") from None
+    beats = np.isin(ann.symbol, list(BEAT_SYMBOLS))
+    if not beats.any() or ann.sample.min() < 0 or ann.sample.max() >= rec.sig_len or np.any(np.diff(ann.sample) < 0):
+        raise ECGError(f"{atr} holds no beats or annotations outside the {rec.sig_len} samples of the record; "
+                       f"replace it with PhysioNet's")
+    return rec, ann
+
+
+def extract_record(raw_dir: Path, record: str, params: BeatParams = BeatParams()) -> dict[str, np.ndarray]:
+    """Beats of one record: ``x`` (n, length) float32, ``label`` (AAMI index), ``sample`` (at 360 Hz)."""
+    rec, ann = _read_record(raw_dir, record)
     lead = rec.sig_name.index(params.lead) if params.lead in rec.sig_name else 0
     fs_in = int(rec.fs)
     g = gcd(params.fs, fs_in)
@@ -206,7 +237,11 @@ def build(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, save
     params = BeatParams()
     beats = load_beats(raw_dir, cache_dir, params, data_url=data_url, progress=progress)
     if saved_manifest is not None:
-        split = _split_from_manifest(beats, saved_manifest, params)
+        try:
+            split = _split_from_manifest(beats, saved_manifest, params)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ECGError(f"the run's splits.json does not describe a MIT-BIH split ({type(exc).__name__}: "
+                           f"{exc}); restore it or start a new run with --version bump") from None
         manifest = saved_manifest
     else:
         split = intra_patient_split(beats["label"], split_seed)

@@ -77,9 +77,21 @@ def test_cache_key_depends_on_extraction_parameters() -> None:
     assert mitdb.BeatParams().key() == mitdb.BeatParams().key()
 
 
-def test_corrupt_record_is_one_clear_error(tmp_path: Path, data_root: Path) -> None:
-    for ext in (".hea", ".atr"):
+CORRUPTIONS = {
+    "dat truncated": ("100.dat", lambda b: b[: len(b) // 3], r"100.dat holds \d+ bytes but .*100.hea announces"),
+    "dat garbage": ("100.dat", lambda b: b"garbage", r"100.dat holds 7 bytes"),
+    "hea garbage": ("100.hea", lambda b: b"\x00\xffnot a header\n", r"100.hea is not a valid WFDB header"),
+    "hea wrong sample count": ("100.hea", lambda b: b.replace(b"650000", b"700000"), r"announces 700000 samples"),
+    "atr truncated": ("100.atr", lambda b: b[:1000], r"100.atr is truncated or not a WFDB annotation file"),
+    "atr garbage": ("100.atr", lambda b: b"garbage" * 50, r"100.atr is truncated or not a WFDB annotation file"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPTIONS))
+def test_corrupt_record_is_one_clear_error(case: str, tmp_path: Path, data_root: Path) -> None:
+    for ext in (".hea", ".dat", ".atr"):
         (tmp_path / f"100{ext}").write_bytes((data_root / "mitdb" / f"100{ext}").read_bytes())
-    (tmp_path / "100.dat").write_bytes(b"garbage")
-    with pytest.raises(ECGError, match="cannot read MIT-BIH record .*100"):
+    name, damage, message = CORRUPTIONS[case]
+    (tmp_path / name).write_bytes(damage((tmp_path / name).read_bytes()))
+    with pytest.raises(ECGError, match=message):
         mitdb.extract_record(tmp_path, "100")
