@@ -44,7 +44,7 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
 
 
 def save(state: dict[str, Any], run_dir: Path, *, is_best: bool) -> None:
-    """Write ``checkpoint.pth.tar``; also ``model_best.pth.tar`` when best and every 5th epoch's copy."""
+    """Write every 5th epoch's copy, ``model_best.pth.tar`` when best, then ``checkpoint.pth.tar``."""
     def write(name: str) -> None:
         try:
             atomic_write(run_dir / name, lambda tmp: torch.save(state, tmp))
@@ -52,11 +52,12 @@ def save(state: dict[str, Any], run_dir: Path, *, is_best: bool) -> None:
             raise ECGError(f"cannot write checkpoint {run_dir / name} ({exc.strerror}); the previous one is "
                            f"intact; free space and resume with --resume latest") from None
 
-    write(LAST)
-    if is_best:
-        write(BEST)
+    # checkpoint.pth.tar last: a run killed before it resumes from the previous epoch and redoes these
     if state["epoch"] % KEEP_EVERY == 0:
         write(epoch_name(state["epoch"]))
+    if is_best:
+        write(BEST)
+    write(LAST)
 
 
 def resolve(run_dir: Path, which: str) -> Path:
@@ -74,10 +75,9 @@ def load(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ECGError(f"{path} is not a readable checkpoint ({first[:160]})") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise ECGError(f"{path} is not a pytorch-ecg checkpoint (no model state)")
+        raise ECGError(f"{path} is not a readable checkpoint ({_first_line(exc)})") from None
+    if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("epoch"), int):
+        raise ECGError(f"{path} is not a pytorch-ecg checkpoint (no model state or epoch)")
     return state
 
 
@@ -88,3 +88,29 @@ def check_compatible(state: dict[str, Any], path: Path, *, model_name: str, in_c
     for key, value in want.items():
         if state.get(key) != value:
             raise ECGError(f"{path} holds {key}={state.get(key)!r} but this run needs {key}={value!r}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def load_weights(state: dict[str, Any], path: Path, model: torch.nn.Module) -> None:
+    """Copy the checkpoint's weights into ``model``; tensors that do not fit are an ECGError naming the file."""
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
+        raise ECGError(f"{path}: its weights do not fit this model ({_first_line(exc)})") from None
+
+
+def restore_training(state: dict[str, Any], path: Path, optimizer: torch.optim.Optimizer, scheduler: Any,
+                     generator: torch.Generator) -> None:
+    """Restore optimizer, scheduler and random-number states from a full checkpoint."""
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"], generator)
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ECGError(f"{path} holds no complete training state ({_first_line(exc)}); resume from another "
+                       f"checkpoint (--resume best|N) or load its weights with --pretrained") from None

@@ -1,14 +1,13 @@
 """Per-epoch metrics: logger.json always, TensorBoard scalars when asked for."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from toolbox.utils import atomic_write, write_json
+from toolbox.utils import atomic_write, read_json, write_json
 
 SCALARS = ("loss", "accuracy", "macro_f1")
 
@@ -20,7 +19,7 @@ class RunLogger:
         self.path = run_dir / "logger.json"
         self.history: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
         if self.path.is_file():  # resuming: keep the epochs before the one we restart from
-            old = json.loads(self.path.read_text())
+            old = read_json(self.path)
             self.history = {k: [r for r in old.get(k, []) if r["epoch"] <= start_epoch] for k in self.history}
         self.writer = None
         if tensorboard:

@@ -33,9 +33,33 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def remove_temporaries(folder: Path) -> None:
+    """Delete what :func:`atomic_write` left behind when a process was killed mid-write."""
+    for tmp in Path(folder).rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def ensure_writable(folder: Path, flag: str) -> None:
+    """Create ``folder`` if needed and check that files can be written in it; an ECGError otherwise."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ECGError(f"{flag} {folder} cannot be written ({exc.strerror}); choose a writable folder") from None
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically."""
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file the project wrote; a damaged one is an ECGError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ECGError(f"{path} is damaged ({exc}); restore it or start a new run with --version bump") from None
 
 
 def seed_everything(seed: int) -> None:
