@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
@@ -23,7 +22,15 @@ from toolbox.metrics import per_class_table
 from toolbox.optimizers import PER_BATCH, get_optimizer, get_scheduler, step_epoch
 from toolbox.plotter import confusion_matrix_png
 from toolbox.samplers import get_sampler
-from toolbox.utils import ECGError, environment_info, setup_env, write_json
+from toolbox.utils import (
+    ECGError,
+    ensure_writable,
+    environment_info,
+    read_json,
+    remove_temporaries,
+    setup_env,
+    write_json,
+)
 
 SHORT_RUN_BATCHES = 10
 # Schedulers whose shape is fixed by --epochs when they are built.
@@ -31,15 +38,17 @@ EPOCH_SHAPED = {"OneCycleLR", "CosineAnnealingLR"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+    """Entry point: user errors become one line on stderr and exit code 2; Ctrl-C exits with 130."""
+    args = parse_args(argv)
     try:
-        return run(parse_args(argv))
+        return run(args)
     except ECGError as exc:
         print(f"commander.py: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("commander.py: interrupted; the last complete epoch's checkpoint is kept: continue with "
-              "the same flags and --resume latest", file=sys.stderr)
+        resume = test_flags(args) + ["--epochs", str(args.epochs), "--resume", "latest", "--version", "latest"]
+        print(f"commander.py: interrupted; checkpoints of complete epochs are kept; continue with: "
+              f"python commander.py {' '.join(resume)}", file=sys.stderr)
         return 130
 
 
@@ -48,11 +57,13 @@ def run(args: argparse.Namespace) -> int:
     db, build = get_loader(args.dataset)
     run_dir = select_run(args.root_dir / args.dataset / "runs", run_name(args), args.version,
                          existing=args.resume is not None)
+    ensure_writable(args.root_dir, "--root-dir")
     device = setup_env(args.seed, args.disable_cuda)
 
     splits_file = run_dir / "splits.json"
-    manifest = json.loads(splits_file.read_text()) if splits_file.is_file() else None
-    data = build(raw_dir(db, args.root_dir), args.root_dir / "cache", split_seed=args.split_seed,
+    manifest = read_json(splits_file) if splits_file.is_file() else None
+    raw = raw_dir(db, args.root_dir)
+    data = build(raw, args.root_dir / "cache", split_seed=args.split_seed,
                  saved_manifest=manifest, data_url=args.data_url)
     check_num_classes(args, data.classes)
     if args.verbose:
@@ -63,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     criterion = get_criterion(args.criterion, weight).to(device)
     if args.test:
         return test_run(args, run_dir, model, criterion, data, device)
-    return train_run(args, run_dir, model, criterion, data, device)
+    return train_run(args, run_dir, model, criterion, data, device, raw)
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, args: argparse.Namespace, data: DataSplits) -> dict[str, Any]:
@@ -71,7 +82,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, args: argparse.Namespace
     state = checkpoint.load(path)
     checkpoint.check_compatible(state, path, model_name=args.model_name, in_channels=data.in_channels,
                                 num_classes=len(data.classes))
-    model.load_state_dict(state["model"])
+    checkpoint.load_weights(state, path, model)
     return state
 
 
@@ -99,7 +110,7 @@ def test_run(args: argparse.Namespace, run_dir: Path, model: torch.nn.Module, cr
 
 
 def train_run(args: argparse.Namespace, run_dir: Path, model: torch.nn.Module, criterion: torch.nn.Module,
-              data: DataSplits, device: torch.device) -> int:
+              data: DataSplits, device: torch.device, raw: Path) -> int:
     """Train (or continue training) until --epochs, validating and checkpointing every epoch."""
     max_batches = SHORT_RUN_BATCHES if args.short_run else None
     generator = torch.Generator().manual_seed(args.seed)
@@ -119,30 +130,25 @@ def train_run(args: argparse.Namespace, run_dir: Path, model: torch.nn.Module, c
     if args.resume:
         path = checkpoint.resolve(run_dir, args.resume)
         state = load_checkpoint(path, model, args, data)
-        trained_for = state["args"]["epochs"]
+        trained_for = state.get("args", {}).get("epochs")
         if args.scheduler in EPOCH_SHAPED and trained_for != args.epochs:
             raise ECGError(f"{args.scheduler} was shaped for --epochs {trained_for} when this run started; "
                            f"resume with --epochs {trained_for}")
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state["scheduler"] is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best_score, best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
-        checkpoint.set_rng_state(state["rng"], generator)
+        checkpoint.restore_training(state, path, optimizer, scheduler, generator)
+        start_epoch = state["epoch"]
+        best_score, best_epoch = state.get("best_score", -math.inf), state.get("best_epoch", 0)
     if args.start_epoch is not None:
         start_epoch = args.start_epoch
     if start_epoch >= args.epochs:
         raise ECGError(f"{run_dir.name} has already trained {start_epoch} epochs; pass --epochs above "
                        f"{start_epoch} to continue it, or --test to evaluate it")
 
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ECGError(f"cannot create the run folder {run_dir} ({exc.strerror}); "
-                       f"choose a writable --root-dir") from None
+    ensure_writable(run_dir, "the run folder")
+    remove_temporaries(run_dir)
     config = {"run": run_dir.name, "command": sys.argv, "flags": {k: str(v) if isinstance(v, Path) else v
                                                                   for k, v in vars(args).items()},
               "dataset": {"classes": data.classes, "in_channels": data.in_channels,
-                          "raw_dir": str(raw_dir(get_loader(args.dataset)[0], args.root_dir).resolve())},
+                          "raw_dir": str(raw.resolve())},
               "model": {"parameters": sum(p.numel() for p in model.parameters())}, **environment_info()}
     if not (run_dir / "config.json").exists():
         write_json(run_dir / "config.json", config)
@@ -165,6 +171,12 @@ def train_run(args: argparse.Namespace, run_dir: Path, model: torch.nn.Module, c
                 best_score, best_epoch = val["macro_f1"], epoch
             save_predictions(run_dir / "res" / f"val_epoch{epoch:03d}.csv", probs, targets, data.classes,
                              data.val.meta)
+            logger.log_epoch(epoch, "train", tr)
+            logger.log_epoch(epoch, "val", {
+                "loss": val["loss"], "accuracy": val["accuracy"], "balanced_accuracy": val["balanced_accuracy"],
+                "macro_f1": val["macro_f1"], "seconds": val["seconds"],
+                "f1_per_class": {c: m["f1"] for c, m in val["per_class"].items()}})
+            # the checkpoint is written last: it marks the epoch as complete
             checkpoint.save({
                 "epoch": epoch, "model_name": args.model_name, "in_channels": data.in_channels,
                 "num_classes": len(data.classes), "classes": data.classes, "model": model.state_dict(),
@@ -173,11 +185,6 @@ def train_run(args: argparse.Namespace, run_dir: Path, model: torch.nn.Module, c
                 "best_score": best_score, "best_epoch": best_epoch, "val_macro_f1": val["macro_f1"],
                 "args": config["flags"], "rng": checkpoint.rng_state(generator),
             }, run_dir, is_best=is_best)
-            logger.log_epoch(epoch, "train", tr)
-            logger.log_epoch(epoch, "val", {
-                "loss": val["loss"], "accuracy": val["accuracy"], "balanced_accuracy": val["balanced_accuracy"],
-                "macro_f1": val["macro_f1"], "seconds": val["seconds"],
-                "f1_per_class": {c: m["f1"] for c, m in val["per_class"].items()}})
             print(f"epoch {epoch:>3}/{args.epochs}  train loss {tr['loss']:.4f} acc {tr['accuracy']:.4f} "
                   f"f1 {tr['macro_f1']:.4f} | val loss {val['loss']:.4f} acc {val['accuracy']:.4f} "
                   f"f1 {val['macro_f1']:.4f} | lr {tr['lr']:.2e} | {tr['seconds'] + val['seconds']:.1f} s"
