@@ -70,6 +70,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--root-dir", default=Path("ecg_data"), type=Path,
                    help="where runs and caches are written; raw databases are read from $ECG_DATA_ROOT/<db> "
                         "when that is set, else from <root-dir>/<db>")
+    g.add_argument("--split", default="intra", choices=["intra", "inter"],
+                   help="intra: stratified random beats (test 20%%, val 10%% of the rest); inter: de Chazal "
+                        "DS1 -> DS2 records, validation = whole DS1 records, paced records left out")
     g.add_argument("--split-seed", default=0, type=int,
                    help="seed of the stratified train/val/test split (fixed so runs share one test set)")
     g.add_argument("--data-url", default=None,
@@ -147,8 +150,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def run_name(args: argparse.Namespace) -> str:
     """Run name from the main hyper-parameters (not the epoch count, so a run can be continued)."""
-    parts = [args.model_name, args.optimizer, f"lr{args.lr:g}", f"bs{args.batch_size}", args.scheduler,
-             args.criterion]
+    parts = [args.model_name, args.split, args.optimizer, f"lr{args.lr:g}", f"bs{args.batch_size}",
+             args.scheduler, args.criterion]
     if args.class_balance:
         parts.append(f"cb-{args.class_balance}")
     if args.sampler:
@@ -178,8 +181,8 @@ def select_run(runs_dir: Path, name: str, version: str, *, existing: bool) -> Pa
         if not versions:
             if existing:
                 raise ECGError(f"no run named {name}_<N> in {runs_dir}; train one first "
-                               f"(the name comes from --model-name, --optimizer, --lr, --batch-size, "
-                               f"--scheduler, --criterion and balancing flags)")
+                               f"(the name comes from --model-name, --split, --optimizer, --lr, "
+                               f"--batch-size, --scheduler, --criterion and balancing flags)")
             return runs_dir / f"{name}_1"
         run_dir = runs_dir / f"{name}_{versions[-1]}"
     else:

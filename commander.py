@@ -63,11 +63,12 @@ def run(args: argparse.Namespace) -> int:
     splits_file = run_dir / "splits.json"
     manifest = read_json(splits_file) if splits_file.is_file() else None
     raw = raw_dir(db, args.root_dir)
-    data = build(raw, args.root_dir / "cache", split_seed=args.split_seed,
+    data = build(raw, args.root_dir / "cache", split_seed=args.split_seed, protocol=args.split,
                  saved_manifest=manifest, data_url=args.data_url)
     check_num_classes(args, data.classes)
-    if args.verbose:
-        print(f"{args.dataset}: examples per class and split\n{data.counts_table()}")
+    if args.verbose or not args.test:
+        print(f"{args.dataset} ({data.manifest.get('protocol', args.split)} split): examples per class and split\n"
+              f"{data.counts_table()}")
 
     model = get_model(args.model_name, data.in_channels, len(data.classes)).to(device)
     weight = class_weights(data.train.class_counts(), args.class_balance) if args.class_balance else None
@@ -201,8 +202,8 @@ def test_flags(args: argparse.Namespace) -> list[str]:
     """The flags that name this run (those not at their defaults), for the hint printed after training."""
     parser = get_args_parser()
     flags = []
-    for name in ("dataset", "root_dir", "model_name", "optimizer", "lr", "batch_size", "scheduler", "criterion",
-                 "class_balance", "sampler"):
+    for name in ("dataset", "root_dir", "model_name", "split", "optimizer", "lr", "batch_size", "scheduler",
+                 "criterion", "class_balance", "sampler"):
         value = getattr(args, name)
         if value != parser.get_default(name):
             flags += [f"--{name.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]

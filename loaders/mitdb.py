@@ -33,6 +33,13 @@ RECORDS = [
     "207", "208", "209", "210", "212", "213", "214", "215", "217", "219", "220", "221", "222", "223",
     "228", "230", "231", "232", "233", "234",
 ]
+# de Chazal et al. (2004): train on DS1, test on DS2; the paced records are left out of both.
+DS1 = ["101", "106", "108", "109", "112", "114", "115", "116", "118", "119", "122", "124", "201", "203", "205",
+       "207", "208", "209", "215", "220", "223", "230"]
+DS2 = ["100", "103", "105", "111", "113", "117", "121", "123", "200", "202", "210", "212", "213", "214", "219",
+       "221", "222", "228", "231", "232", "233", "234"]
+PACED = ["102", "104", "107", "217"]
+PROTOCOLS = {"intra": "intra-patient", "inter": "inter-patient"}
 AAMI_CLASSES = ["N", "S", "V", "F", "Q"]
 AAMI_MAP = {**dict.fromkeys("NLRej", 0), **dict.fromkeys("AaJS", 1), **dict.fromkeys("VE", 2),
             "F": 3, **dict.fromkeys("/fQ", 4)}
@@ -196,11 +203,40 @@ def intra_patient_split(labels: np.ndarray, seed: int, test_frac: float = 0.2,
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
-def _manifest(beats: dict[str, np.ndarray], split: dict[str, np.ndarray], seed: int,
-              params: BeatParams) -> dict[str, Any]:
-    """splits.json content: for each split, the annotation samples of its beats grouped by record."""
-    out: dict[str, Any] = {"database": "mitdb", "protocol": "intra-patient", "split_seed": seed,
+def inter_patient_split(records: np.ndarray, labels: np.ndarray, seed: int, val_frac: float = 0.1,
+                        min_val_beats: int = 20, max_val_share: float = 0.35) -> dict[str, np.ndarray]:
+    """de Chazal's DS1 -> DS2 split of beat indices; validation = whole DS1 records (seeded choice).
+
+    Validation records are drawn in a seeded random order until they hold ``val_frac`` of the DS1 beats;
+    a draw is kept only if N, S and V each have ``min_val_beats`` beats in validation, and validation takes
+    at most ``max_val_share`` of the DS1 beats of each of N, S, V and F (training keeps most of each).
+    """
+    ds1 = np.array([int(r) for r in DS1])
+    in_ds1, in_ds2 = np.isin(records, ds1), np.isin(records, [int(r) for r in DS2])
+    per_record = {r: np.bincount(labels[records == r], minlength=len(AAMI_CLASSES)) for r in ds1}
+    total = sum(per_record.values())
+    rng = np.random.default_rng(seed)
+    for _ in range(1000):
+        chosen, counts = [], np.zeros(len(AAMI_CLASSES), dtype=np.int64)
+        for r in rng.permutation(ds1):
+            if counts.sum() >= val_frac * total.sum():
+                break
+            chosen.append(r)
+            counts += per_record[r]
+        if np.all(counts[:3] >= min_val_beats) and np.all(counts[:4] <= max_val_share * total[:4]):
+            val = np.isin(records, chosen)
+            idx = np.arange(len(records))
+            return {"train": idx[in_ds1 & ~val], "val": idx[val], "test": idx[in_ds2]}
+    raise ECGError(f"no set of DS1 records gives a validation split with N, S and V beats (seed {seed})")
+
+
+def _manifest(beats: dict[str, np.ndarray], split: dict[str, np.ndarray], seed: int, params: BeatParams,
+              protocol: str = "intra") -> dict[str, Any]:
+    """splits.json content: for each split, the records and the annotation samples of its beats by record."""
+    out: dict[str, Any] = {"database": "mitdb", "protocol": PROTOCOLS[protocol], "split_seed": seed,
                            "extraction": {**asdict(params), "version": EXTRACTION_VERSION},
+                           "records": {name: sorted(str(r) for r in np.unique(beats["record"][idx]))
+                                       for name, idx in split.items()},
                            "counts": {}, "beats": {}}
     for name, idx in split.items():
         out["counts"][name] = {c: int(n) for c, n in zip(AAMI_CLASSES, np.bincount(beats["label"][idx],
@@ -231,11 +267,19 @@ def _split_from_manifest(beats: dict[str, np.ndarray], manifest: dict[str, Any],
     return split
 
 
-def build(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, saved_manifest: dict | None = None,
-          data_url: str | None = None, progress: bool = True) -> DataSplits:
-    """The MIT-BIH train/val/test datasets (5 AAMI classes, or N versus the rest when ``binary``)."""
+def build(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, protocol: str = "intra",
+          saved_manifest: dict | None = None, data_url: str | None = None, progress: bool = True) -> DataSplits:
+    """The MIT-BIH train/val/test datasets (5 AAMI classes, or N versus the rest when ``binary``).
+
+    ``protocol`` ``intra``: stratified random beats; ``inter``: DS1 records for training, DS2 for testing.
+    """
+    if protocol not in PROTOCOLS:
+        raise ECGError(f"unknown split '{protocol}'; valid: {', '.join(PROTOCOLS)}")
     params = BeatParams()
     beats = load_beats(raw_dir, cache_dir, params, data_url=data_url, progress=progress)
+    if saved_manifest is not None and saved_manifest.get("protocol") != PROTOCOLS[protocol]:
+        raise ECGError(f"the run's splits.json holds a {saved_manifest.get('protocol')} split, not "
+                       f"{PROTOCOLS[protocol]}; check --split")
     if saved_manifest is not None:
         try:
             split = _split_from_manifest(beats, saved_manifest, params)
@@ -244,8 +288,11 @@ def build(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, save
                            f"{exc}); restore it or start a new run with --version bump") from None
         manifest = saved_manifest
     else:
-        split = intra_patient_split(beats["label"], split_seed)
-        manifest = _manifest(beats, split, split_seed, params)
+        if protocol == "intra":
+            split = intra_patient_split(beats["label"], split_seed)
+        else:
+            split = inter_patient_split(beats["record"], beats["label"], split_seed)
+        manifest = _manifest(beats, split, split_seed, params, protocol)
     labels = (beats["label"] > 0).astype(np.int64) if binary else beats["label"]
     classes = BINARY_CLASSES if binary else AAMI_CLASSES
 

@@ -48,7 +48,7 @@ def test_version_defaults_depend_on_the_action() -> None:
 def test_run_name_holds_main_hyperparameters_but_not_epochs() -> None:
     a = parse_args(["--model-name", "cnn1d_3", "--lr", "0.01", "--epochs", "3"])
     b = parse_args(["--model-name", "cnn1d_3", "--lr", "0.01", "--epochs", "30"])
-    assert run_name(a) == run_name(b) == "cnn1d_3_adamw_lr0.01_bs128_OneCycleLR_crossentropy"
+    assert run_name(a) == run_name(b) == "cnn1d_3_intra_adamw_lr0.01_bs128_OneCycleLR_crossentropy"
     assert "sampler-equal" in run_name(parse_args(["--sampler", "equal"]))
 
 

@@ -16,10 +16,11 @@ import pytest
 import torch
 
 import commander
+from args import parse_args, run_name
 from tests.conftest import REPO
 
-RUN = "cnn1d_3_adamw_lr0.001_bs128_StepLR_crossentropy"
 BASE = ["--dataset", "ecg", "--model-name", "cnn1d_3", "--scheduler", "StepLR", "--short-run"]
+RUN = run_name(parse_args(BASE))
 
 
 @pytest.fixture()
@@ -174,3 +175,21 @@ def test_notebook_runs_on_a_real_run_folder(root: Path, monkeypatch) -> None:
     assert list(namespace["val"]["epoch"]) == [1, 2]
     assert namespace["metric_files"][0].name == "test_best_metrics.json"
     assert int(namespace["counts"].loc["N", "test"]) == 18126
+
+
+def test_inter_patient_run_reports_per_class_scores(root: Path, capsys) -> None:
+    assert cli(root, "--split", "inter", "--epochs", "1") == 0
+    out = capsys.readouterr().out
+    assert "inter-patient split" in out
+    run = root / "ecg" / "runs" / f"{run_name(parse_args([*BASE, '--split', 'inter']))}_1"
+    assert "_inter_" in run.name
+    splits = json.loads((run / "splits.json").read_text())
+    assert splits["protocol"] == "inter-patient" and "100" in splits["records"]["test"]
+    assert set(splits["records"]["val"]) <= set(splits["records"]["train"]) | set(splits["records"]["val"])
+    assert not set(splits["records"]["test"]) & (set(splits["records"]["train"]) | set(splits["records"]["val"]))
+    assert json.loads((run / "config.json").read_text())["flags"]["split"] == "inter"
+    assert cli(root, "--split", "inter", "--test") == 0
+    out = capsys.readouterr().out
+    assert "Se" in out and "+P" in out and "macro-F1" in out
+    metrics = json.loads((run / "pred" / "test_best_metrics.json").read_text())
+    assert {"precision", "recall", "f1", "support"} == set(metrics["per_class"]["S"])

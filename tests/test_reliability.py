@@ -17,11 +17,12 @@ import pytest
 import torch
 
 import commander
+from args import parse_args, run_name
 from tests.conftest import REPO
 from toolbox import checkpoint
 
 MODEL = ["--dataset", "ecg", "--model-name", "cnn1d_3", "--short-run"]
-RUN = "cnn1d_3_adamw_lr0.001_bs128_OneCycleLR_crossentropy"
+RUN = run_name(parse_args(MODEL))
 
 
 def start(root: Path, *flags: str, env: dict | None = None) -> subprocess.Popen:
@@ -154,7 +155,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path: Path, ca
 def test_non_finite_loss_stops_and_keeps_checkpoints(tmp_path: Path, cache_root: Path, monkeypatch, capsys) -> None:
     root = fresh_root(tmp_path, cache_root, "root")
     assert commander.main([*MODEL, "--root-dir", str(root), "--epochs", "2", "--scheduler", "StepLR"]) == 0
-    run = root / "ecg" / "runs" / f"{RUN.replace('OneCycleLR', 'StepLR')}_1"
+    run = root / "ecg" / "runs" / f"{run_name(parse_args([*MODEL, '--scheduler', 'StepLR']))}_1"
     before = snapshot(run)
     db, build = commander.get_loader("ecg")
 
@@ -233,6 +234,7 @@ BAD_INPUTS = {
     "partial data folder": (["--version", "bump"], "cannot download the MIT-BIH"),
     "corrupt .hea": (["--version", "bump"], "100.hea is not a valid WFDB header"),
     "truncated .dat": (["--version", "bump"], "100.dat holds 1000 bytes"),
+    "wrong sample count in .hea": (["--version", "bump"], "100.hea announces 700000 samples"),
     "garbage .atr": (["--version", "bump"], "100.atr is truncated or not a WFDB annotation file"),
     "truncated checkpoint": (["--test", "--resume", "latest"], "checkpoint.pth.tar is not a readable checkpoint"),
     "garbage checkpoint": (["--resume", "latest", "--epochs", "3"], "checkpoint.pth.tar is not a readable checkpoint"),
@@ -242,6 +244,7 @@ DATA_DAMAGE = {
     "partial data folder": (None, None, 30),
     "corrupt .hea": ("100.hea", lambda b: b"\x00 this is not a header\n", 48),
     "truncated .dat": ("100.dat", lambda b: b[:1000], 48),
+    "wrong sample count in .hea": ("100.hea", lambda b: b.replace(b"650000", b"700000"), 48),
     "garbage .atr": ("100.atr", lambda b: os.urandom(3000), 48),
 }
 CHECKPOINT_DAMAGE = {

@@ -62,3 +62,44 @@ def test_manifest_from_other_extraction_is_refused(cache_root: Path, data_root: 
     with pytest.raises(ECGError, match="other extraction parameters"):
         mitdb.build(data_root / "mitdb", cache_root / "cache", binary=False, split_seed=0,
                     saved_manifest=manifest, progress=False)
+
+
+# de Chazal et al. (2004), Table I: beats per AAMI class in DS1 and DS2 (N, S, V, F, Q).
+DE_CHAZAL = {"DS1": [45_866, 944, 3_788, 415, 8], "DS2": [44_259, 1_837, 3_221, 388, 7]}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_inter_patient_split_is_record_disjoint(beats: dict, seed: int) -> None:
+    split = mitdb.inter_patient_split(beats["record"], beats["label"], seed)
+    records = {k: set(beats["record"][v].tolist()) for k, v in split.items()}
+    ds1, ds2 = {int(r) for r in mitdb.DS1}, {int(r) for r in mitdb.DS2}
+    assert records["test"] == ds2
+    assert records["train"] | records["val"] == ds1
+    assert not records["train"] & records["val"] and not ds1 & ds2
+    assert not (records["train"] | records["val"] | records["test"]) & {int(r) for r in mitdb.PACED}
+    val_counts = np.bincount(beats["label"][split["val"]], minlength=5)
+    train_counts = np.bincount(beats["label"][split["train"]], minlength=5)
+    assert np.all(val_counts[:3] >= 20)  # N, S and V all appear in validation
+    assert np.all(val_counts[:4] <= 0.35 * (val_counts + train_counts)[:4])
+
+
+def test_inter_patient_counts_match_de_chazal(beats: dict) -> None:
+    split = mitdb.inter_patient_split(beats["record"], beats["label"], 0)
+    ds1 = np.concatenate([split["train"], split["val"]])
+    assert np.bincount(beats["label"][ds1], minlength=5).tolist() == DE_CHAZAL["DS1"]
+    assert np.bincount(beats["label"][split["test"]], minlength=5).tolist() == DE_CHAZAL["DS2"]
+
+
+def test_inter_patient_manifest_lists_records_and_reloads(cache_root: Path, data_root: Path) -> None:
+    data = mitdb.build(data_root / "mitdb", cache_root / "cache", binary=False, split_seed=0, protocol="inter",
+                       progress=False)
+    m = data.manifest
+    assert m["protocol"] == "inter-patient"
+    assert m["records"]["test"] == sorted(mitdb.DS2)
+    assert set(m["records"]["val"]) < set(mitdb.DS1)
+    again = mitdb.build(data_root / "mitdb", cache_root / "cache", binary=False, split_seed=5, protocol="inter",
+                        saved_manifest=m, progress=False)
+    np.testing.assert_array_equal(again.val.meta["record"], data.val.meta["record"])
+    with pytest.raises(ECGError, match="holds a inter-patient split, not intra-patient"):
+        mitdb.build(data_root / "mitdb", cache_root / "cache", binary=False, split_seed=0, protocol="intra",
+                    saved_manifest=m, progress=False)

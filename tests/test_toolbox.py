@@ -123,6 +123,8 @@ def test_checkpoint_mismatch_and_garbage_are_clear_errors(tmp_path: Path) -> Non
         checkpoint.check_compatible(state, tmp_path, model_name="resnet1d_10", in_channels=1, num_classes=5)
     with pytest.raises(ECGError, match="num_classes=5 but this run needs num_classes=2"):
         checkpoint.check_compatible(state, tmp_path, model_name="cnn1d_3", in_channels=1, num_classes=2)
+    with pytest.raises(ECGError, match="in_channels=1 but this run needs in_channels=12"):
+        checkpoint.check_compatible(state, tmp_path, model_name="cnn1d_3", in_channels=12, num_classes=5)
     garbage = tmp_path / "garbage.pth.tar"
     garbage.write_bytes(b"not a checkpoint at all")
     with pytest.raises(ECGError, match="garbage.pth.tar is not a readable checkpoint"):

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 
 def classification_metrics(targets: np.ndarray, preds: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
@@ -16,7 +16,7 @@ def classification_metrics(targets: np.ndarray, preds: np.ndarray, classes: Sequ
     present = support > 0  # a class absent from the targets does not drag the macro average
     return {
         "accuracy": float(accuracy_score(targets, preds)),
-        "balanced_accuracy": float(balanced_accuracy_score(targets, preds)) if len(targets) else 0.0,
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,  # mean recall
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "per_class": {c: {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
                           "support": int(support[k])} for k, c in enumerate(classes)},
@@ -25,8 +25,8 @@ def classification_metrics(targets: np.ndarray, preds: np.ndarray, classes: Sequ
 
 
 def per_class_table(metrics: dict[str, Any]) -> str:
-    """The per-class scores as a small text table."""
-    lines = [f"{'class':<10} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>8}"]
+    """Per-class sensitivity (Se, recall), positive predictivity (+P, precision), F1 and support."""
+    lines = [f"{'class':<10} {'Se':>7} {'+P':>7} {'F1':>7} {'support':>8}"]
     for c, m in metrics["per_class"].items():
-        lines.append(f"{c:<10} {m['precision']:>9.4f} {m['recall']:>7.4f} {m['f1']:>6.4f} {m['support']:>8d}")
+        lines.append(f"{c:<10} {m['recall']:>7.4f} {m['precision']:>7.4f} {m['f1']:>7.4f} {m['support']:>8d}")
     return "\n".join(lines)
