@@ -18,12 +18,11 @@ from typing import Any
 
 import numpy as np
 from scipy.signal import resample_poly
-from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
-from loaders.dataset import DataSplits, ECGDataset
-from loaders.download import PHYSIONET_MITDB, fetch_files
-from toolbox.utils import ECGError, atomic_write
+from loaders.dataset import DataSplits, ECGDataset, holdout
+from loaders.download import PHYSIONET_MITDB, fetch_files, parse_sha256sums, sha256_file
+from toolbox.utils import ECGError, atomic_write, write_json
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +69,47 @@ def missing_files(raw_dir: Path, records: list[str] = RECORDS) -> list[str]:
     return [f"{r}{ext}" for r in records for ext in (".hea", ".dat", ".atr") if not (raw_dir / f"{r}{ext}").is_file()]
 
 
+def known_digests() -> dict[str, str]:
+    """PhysioNet's published SHA-256 of every record file (copied from its SHA256SUMS.txt)."""
+    return parse_sha256sums(Path(__file__).with_name("mitdb.sha256").read_text())
+
+
 def ensure_records(raw_dir: Path, data_url: str | None = None, progress: bool = True) -> None:
-    """Download missing MIT-BIH files (from PhysioNet, or ``data_url``) or raise a one-line ECGError."""
+    """Download missing MIT-BIH files, verified against PhysioNet's digests, or raise a one-line ECGError."""
     missing = missing_files(raw_dir)
     if missing:
         fetch_files(data_url or PHYSIONET_MITDB, missing, raw_dir, what="the MIT-BIH Arrhythmia Database (mitdb)",
-                    progress=progress)
+                    sha256=known_digests(), progress=progress)
+
+
+def check_integrity(raw_dir: Path, cache_dir: Path) -> None:
+    """Check the record files against ``raw_dir/SHA256SUMS.txt`` when it is there; remember a pass.
+
+    The result is remembered in ``cache_dir`` (never in the raw folder) with each file's size and
+    modification time, so unchanged files are not hashed again.
+    """
+    sums_file = raw_dir / "SHA256SUMS.txt"
+    if not sums_file.is_file():
+        return
+    names = {f"{r}{ext}" for r in RECORDS for ext in (".hea", ".dat", ".atr")}
+    sums = {n: d for n, d in parse_sha256sums(sums_file.read_text()).items() if n in names}
+    stamp = {n: [(raw_dir / n).stat().st_size, (raw_dir / n).stat().st_mtime_ns]
+             for n in sorted(sums) if (raw_dir / n).is_file()}
+    memo = cache_dir / "mitdb_integrity.json"
+    record = {"raw_dir": str(raw_dir.resolve()), "files": stamp}
+    if memo.is_file():
+        try:
+            if json.loads(memo.read_text()) == record:
+                return
+        except (OSError, ValueError):
+            pass
+    bad = [f"{n} (missing)" if n not in stamp else f"{n} (SHA-256 mismatch)"
+           for n in sorted(sums) if n not in stamp or sha256_file(raw_dir / n) != sums[n]]
+    if bad:
+        more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+        raise ECGError(f"{raw_dir} fails its check against SHA256SUMS.txt: {', '.join(bad[:8])}{more}; "
+                       f"replace these files with PhysioNet's")
+    write_json(memo, record)
 
 
 def _window_scale(x: np.ndarray, win: int) -> np.ndarray:
@@ -184,6 +218,7 @@ def load_beats(raw_dir: Path, cache_dir: Path, params: BeatParams = BeatParams()
         except Exception as exc:  # a damaged cache is rebuilt, not trusted
             log.warning("ignoring unreadable cache %s (%s)", cache, exc)
     ensure_records(raw_dir, data_url, progress)
+    check_integrity(raw_dir, cache_dir)
     t0 = time.perf_counter()
     beats = extract_beats(raw_dir, params, progress)
     log.info("extracted %d beats in %.1f s", len(beats["label"]), time.perf_counter() - t0)
@@ -197,10 +232,9 @@ def load_beats(raw_dir: Path, cache_dir: Path, params: BeatParams = BeatParams()
 def intra_patient_split(labels: np.ndarray, seed: int, test_frac: float = 0.2,
                         val_frac: float = 0.1) -> dict[str, np.ndarray]:
     """Stratified random split of beat indices: ``test_frac`` for test, then ``val_frac`` of the rest for val."""
-    idx = np.arange(len(labels))
-    rest, test = train_test_split(idx, test_size=test_frac, stratify=labels, random_state=seed)
-    train, val = train_test_split(rest, test_size=val_frac, stratify=labels[rest], random_state=seed)
-    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+    rest, test = holdout(np.arange(len(labels)), labels, test_frac, seed)
+    train, val = holdout(rest, labels[rest], val_frac, seed)
+    return {"train": train, "val": val, "test": test}
 
 
 def inter_patient_split(records: np.ndarray, labels: np.ndarray, seed: int, val_frac: float = 0.1,
