@@ -66,7 +66,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="ecg", choices=list(DATASETS),
-                   help="ecg: MIT-BIH beats, 5 AAMI classes (N S V F Q); ecg_bin: N versus the rest")
+                   help="ecg: MIT-BIH beats, 5 AAMI classes (N S V F Q); ecg_bin: N versus the rest; "
+                        "ptb: PTB Diagnostic beats (Kaggle CSVs), normal versus abnormal")
     g.add_argument("--root-dir", default=Path("ecg_data"), type=Path,
                    help="where runs and caches are written; raw databases are read from $ECG_DATA_ROOT/<db> "
                         "when that is set, else from <root-dir>/<db>")
@@ -76,7 +77,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--split-seed", default=0, type=int,
                    help="seed of the stratified train/val/test split (fixed so runs share one test set)")
     g.add_argument("--data-url", default=None,
-                   help="base URL to download missing raw files from (default: PhysioNet)")
+                   help="mirror to download missing raw data from: a base URL holding the MIT-BIH files "
+                        "(default: PhysioNet), or for ptb the URL of the Kaggle archive (default: Google Drive)")
 
     g = p.add_argument_group("model")
     g.add_argument("--model-name", default="resnet1d_10", choices=list(MODELS), help="architecture")

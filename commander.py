@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
                  saved_manifest=manifest, data_url=args.data_url)
     check_num_classes(args, data.classes)
     if args.verbose or not args.test:
-        print(f"{args.dataset} ({data.manifest.get('protocol', args.split)} split): examples per class and split\n"
-              f"{data.counts_table()}")
+        print(f"{args.dataset} ({data.manifest['database']}, {data.manifest['protocol']} split): "
+              f"examples per class and split\n{data.counts_table()}")
 
     model = get_model(args.model_name, data.in_channels, len(data.classes)).to(device)
     weight = class_weights(data.train.class_counts(), args.class_balance) if args.class_balance else None

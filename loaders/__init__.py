@@ -6,16 +6,28 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from loaders import mitdb
+from loaders import kaggle, mitdb
 from loaders.dataset import DataSplits, ECGDataset, make_dataloader
 from toolbox.utils import ECGError
 
 __all__ = ["DATASETS", "DataSplits", "ECGDataset", "get_loader", "make_dataloader", "raw_dir"]
 
-# name -> (raw database folder, builder(raw_dir, cache_dir, *, split_seed, saved_manifest, data_url, progress))
+
+def _mitbih(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, protocol: str = "intra",
+            saved_manifest: dict | None = None, data_url: str | None = None, progress: bool = True) -> DataSplits:
+    """MIT-BIH beats: from the Kaggle CSVs when they lie in the folder, else from the raw records."""
+    if kaggle.has_mitbih_csv(raw_dir):
+        return kaggle.build_mitbih(raw_dir, cache_dir, binary=binary, split_seed=split_seed, protocol=protocol,
+                                   saved_manifest=saved_manifest)
+    return mitdb.build(raw_dir, cache_dir, binary=binary, split_seed=split_seed, protocol=protocol,
+                       saved_manifest=saved_manifest, data_url=data_url, progress=progress)
+
+
+# name -> (raw database folder, builder(raw_dir, cache_dir, *, split_seed, protocol, saved_manifest, data_url, ...))
 DATASETS: dict[str, tuple[str, Callable[..., DataSplits]]] = {
-    "ecg": ("mitdb", functools.partial(mitdb.build, binary=False)),
-    "ecg_bin": ("mitdb", functools.partial(mitdb.build, binary=True)),
+    "ecg": ("mitdb", functools.partial(_mitbih, binary=False)),
+    "ecg_bin": ("mitdb", functools.partial(_mitbih, binary=True)),
+    "ptb": ("ptbdb", kaggle.build_ptb),
 }
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 
@@ -43,6 +44,12 @@ class ECGDataset(Dataset):
         """Whole-batch indexing: one tensor gather instead of a Python loop and a collate."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         return self.x[idx], self.labels[idx]
+
+
+def holdout(idx: np.ndarray, labels: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded: (kept, held out) sorted indices of ``idx``, about ``frac`` of them held out."""
+    kept, held = train_test_split(idx, test_size=frac, stratify=labels, random_state=seed)
+    return np.sort(kept), np.sort(held)
 
 
 def _keep_batch(batch: Any) -> Any:
