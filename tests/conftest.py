@@ -1,8 +1,12 @@
 """Shared fixtures. Integration tests read the real databases under $ECG_DATA_ROOT and fail without them."""
 from __future__ import annotations
 
+import functools
+import http.server
 import os
+import re
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -35,3 +39,63 @@ def beats(cache_root: Path, data_root: Path) -> dict:
     from loaders import mitdb
 
     return mitdb.load_beats(data_root / "mitdb", cache_root / "cache", progress=False)
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files with HTTP Range support; ``cut`` > 0 makes it stop after that many bytes of a body."""
+
+    cut = 0
+
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+    def do_GET(self) -> None:
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        start = 0
+        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+        if match:
+            start = int(match.group(1))
+            if start >= len(data):
+                self.send_error(416)
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: self.cut] if self.cut else body)
+
+
+@pytest.fixture()
+def http_server():
+    """Start HTTP servers on 127.0.0.1: ``http_server(folder, cut=0) -> base URL``; all stop after the test."""
+    servers = []
+
+    def start(folder: Path, cut: int = 0) -> str:
+        handler = type("Handler", (RangeHandler,), {"cut": cut})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def link_mitdb(target: Path, data_root: Path, records: list[str] | None = None) -> Path:
+    """A mitdb/ folder of symbolic links to the real record files (optionally only some records)."""
+    folder = target / "mitdb"
+    folder.mkdir(parents=True)
+    names = records or (data_root / "mitdb" / "RECORDS").read_text().split()
+    for rec in names:
+        for ext in (".hea", ".dat", ".atr"):
+            (folder / f"{rec}{ext}").symlink_to(data_root / "mitdb" / f"{rec}{ext}")
+    return folder

@@ -1,15 +1,12 @@
 """End to end through commander.py on the real MIT-BIH records: train, resume, test, run folders, errors."""
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -142,20 +139,13 @@ def test_offline_names_the_folder_to_fill(tmp_path: Path) -> None:
     assert "cannot download the MIT-BIH" in line and str(tmp_path / "empty" / "mitdb") in line
 
 
-def test_missing_records_are_downloaded_from_a_server(tmp_path: Path, data_root: Path) -> None:
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(data_root))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        target = tmp_path / "raw"
-        (target / "mitdb").mkdir(parents=True)
-        shutil.copy(data_root / "mitdb" / "100.hea", target / "mitdb" / "100.hea")  # partly filled folder
-        url = f"http://127.0.0.1:{server.server_address[1]}/mitdb/"
-        proc = run_cli("--root-dir", str(tmp_path / "root"), "--short-run", "--epochs", "1", "--model-name",
-                       "cnn1d_3", "--data-url", url, env={"ECG_DATA_ROOT": str(target)})
-    finally:
-        server.shutdown()
+def test_missing_records_are_downloaded_from_a_server(tmp_path: Path, data_root: Path, http_server) -> None:
+    url = http_server(data_root) + "mitdb/"
+    target = tmp_path / "raw"
+    (target / "mitdb").mkdir(parents=True)
+    shutil.copy(data_root / "mitdb" / "100.hea", target / "mitdb" / "100.hea")  # a partly filled folder
+    proc = run_cli("--root-dir", str(tmp_path / "root"), "--short-run", "--epochs", "1", "--model-name",
+                   "cnn1d_3", "--data-url", url, env={"ECG_DATA_ROOT": str(target)})
     assert proc.returncode == 0, proc.stderr
     for name in ("100.dat", "234.atr", "234.dat"):
         assert (target / "mitdb" / name).read_bytes() == (data_root / "mitdb" / name).read_bytes()
