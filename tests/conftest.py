@@ -5,6 +5,8 @@ import functools
 import http.server
 import os
 import re
+import socket
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -13,6 +15,34 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+
+def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """Start ``python commander.py ARGS`` as a user would, with ``env`` added to the environment."""
+    return subprocess.Popen([sys.executable, str(REPO / "commander.py"), *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python commander.py ARGS`` to the end."""
+    proc = start_cli(*args, env=env)
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """The single stderr line of a run that failed as a user error should: exit 2, no traceback."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (the server is down)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +124,7 @@ def link_mitdb(target: Path, data_root: Path, records: list[str] | None = None) 
     """A mitdb/ folder of symbolic links to the real record files (optionally only some records)."""
     folder = target / "mitdb"
     folder.mkdir(parents=True)
-    names = records or (data_root / "mitdb" / "RECORDS").read_text().split()
+    names = (data_root / "mitdb" / "RECORDS").read_text().split() if records is None else records
     for rec in names:
         for ext in (".hea", ".dat", ".atr"):
             (folder / f"{rec}{ext}").symlink_to(data_root / "mitdb" / f"{rec}{ext}")

@@ -2,11 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +10,7 @@ import torch
 
 import commander
 from args import parse_args, run_name
-from tests.conftest import REPO
+from tests.conftest import REPO, closed_port, one_line_error, run_cli
 
 BASE = ["--dataset", "ecg", "--model-name", "cnn1d_3", "--scheduler", "StepLR", "--short-run"]
 RUN = run_name(parse_args(BASE))
@@ -101,19 +97,6 @@ def test_pretrained_loads_weights_into_a_new_run(root: Path) -> None:
                            "--root-dir", str(root), "--pretrained", str(best)]) == 2
 
 
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "commander.py"), *args], capture_output=True, text=True,
-                          cwd=REPO, env={**os.environ, **(env or {})}, timeout=300)
-
-
-def one_line_error(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
-
-
 @pytest.mark.parametrize("flags,message", [
     (["--model-name", "resnet1d_1000"], "invalid choice: 'resnet1d_1000'"),
     (["--num-classes", "3"], "--num-classes 3 disagrees with --dataset ecg, which has 5 classes"),
@@ -124,12 +107,6 @@ def test_bad_input_is_one_line_exit_2(root: Path, flags: list[str], message: str
     proc = run_cli("--root-dir", str(root), "--short-run", *flags)
     assert message in one_line_error(proc)
     assert not (root / "ecg" / "runs").exists()
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_offline_names_the_folder_to_fill(tmp_path: Path) -> None:

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -17,21 +14,10 @@ import pytest
 import commander
 from loaders import download, kaggle, mitdb
 from loaders.export_csv import export
-from tests.conftest import REPO, link_mitdb
+from tests.conftest import link_mitdb, one_line_error, run_cli
 from toolbox.utils import ECGError
 
 SHORT = ["--model-name", "cnn1d_3", "--short-run", "--epochs", "1"]
-
-
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "commander.py"), *args], capture_output=True, text=True,
-                          cwd=REPO, env={**os.environ, **(env or {})}, timeout=300)
-
-
-def one_line_error(proc: subprocess.CompletedProcess) -> str:
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 # --- Kaggle-format CSVs -------------------------------------------------------------------------------------

@@ -7,9 +7,7 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import torch
 
 import commander
 from args import parse_args, run_name
-from tests.conftest import REPO
+from tests.conftest import REPO, closed_port, link_mitdb, one_line_error, run_cli, start_cli
 from toolbox import checkpoint
 
 MODEL = ["--dataset", "ecg", "--model-name", "cnn1d_3", "--short-run"]
@@ -26,15 +24,11 @@ RUN = run_name(parse_args(MODEL))
 
 
 def start(root: Path, *flags: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO / "commander.py"), *MODEL, "--root-dir", str(root), *flags],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+    return start_cli(*MODEL, "--root-dir", str(root), *flags, env=env)
 
 
-def run_cli(root: Path, *flags: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    proc = start(root, *flags, env=env)
-    out, err = proc.communicate(timeout=300)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+def run(root: Path, *flags: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run_cli(*MODEL, "--root-dir", str(root), *flags, env=env)
 
 
 def fresh_root(tmp_path: Path, cache_root: Path, name: str) -> Path:
@@ -65,7 +59,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, cache_root: Path) -> tup
     """An uninterrupted 6-epoch run, and how many seconds it took."""
     root = fresh_root(tmp_path_factory.mktemp("reference"), cache_root, "root")
     t0 = time.perf_counter()
-    proc = run_cli(root, "--epochs", "6")
+    proc = run(root, "--epochs", "6")
     assert proc.returncode == 0, proc.stderr
     return root, time.perf_counter() - t0
 
@@ -74,7 +68,7 @@ def resume_or_restart(root: Path) -> None:
     """What a user does after a crash: resume when a checkpoint exists, else start the run again."""
     has_checkpoint = (root / "ecg" / "runs" / f"{RUN}_1" / "checkpoint.pth.tar").exists()
     flags = ["--resume", "latest"] if has_checkpoint else ["--version", "latest"]
-    proc = run_cli(root, "--epochs", "6", *flags)
+    proc = run(root, "--epochs", "6", *flags)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -125,7 +119,7 @@ def test_sigint_keeps_the_last_epoch_and_says_how_to_resume(tmp_path: Path, cach
     state = torch.load(last, weights_only=True)
     log = json.loads(last.with_name("logger.json").read_text())
     assert state["epoch"] in [r["epoch"] for r in log["val"]]
-    resumed = run_cli(root, "--epochs", str(state["epoch"] + 1), "--scheduler", "OneCycleLR", "--resume", "latest")
+    resumed = run(root, "--epochs", str(state["epoch"] + 1), "--scheduler", "OneCycleLR", "--resume", "latest")
     assert resumed.returncode == 2 and "shaped for --epochs 50" in resumed.stderr  # OneCycle needs the same epochs
 
 
@@ -174,20 +168,11 @@ def test_non_finite_loss_stops_and_keeps_checkpoints(tmp_path: Path, cache_root:
         assert after[name] == before[name]
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def damaged_data(tmp: Path, data_root: Path, name: str | None, damage=None, keep: int = 48) -> Path:
     """A data root whose mitdb/ links to the real files, with ``name`` damaged and only ``keep`` records."""
-    target = tmp / "data" / "mitdb"
-    target.mkdir(parents=True)
     records = (data_root / "mitdb" / "RECORDS").read_text().split()[:keep]
-    for rec in records:
-        for ext in (".hea", ".dat", ".atr"):
-            (target / f"{rec}{ext}").symlink_to(data_root / "mitdb" / f"{rec}{ext}")
+    target = link_mitdb(tmp / "data", data_root, records) if keep else (tmp / "data" / "mitdb")
+    target.mkdir(parents=True, exist_ok=True)
     if name:
         (target / name).unlink()
         (target / name).write_bytes(damage((data_root / "mitdb" / name).read_bytes()))
@@ -198,7 +183,7 @@ def damaged_data(tmp: Path, data_root: Path, name: str | None, damage=None, keep
 def finished(tmp_path_factory: pytest.TempPathFactory, cache_root: Path) -> Path:
     """A root holding a finished 2-epoch run and a checkpoint of another architecture."""
     root = fresh_root(tmp_path_factory.mktemp("finished"), cache_root, "root")
-    proc = run_cli(root, "--epochs", "2")
+    proc = run(root, "--epochs", "2")
     assert proc.returncode == 0, proc.stderr
     from models import get_model
 
@@ -270,12 +255,8 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case: str, tmp_path: P
     flags, message = BAD_INPUTS[case]
     flags = [f.format(root=root) for f in flags]
     before = snapshot(root)
-    proc = run_cli(root, *flags, "--data-url", f"http://127.0.0.1:{closed_port()}/mitdb/", env=env)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert len(lines) == 1, proc.stderr
-    assert message in lines[0], lines[0]
+    proc = run(root, *flags, "--data-url", f"http://127.0.0.1:{closed_port()}/mitdb/", env=env)
+    assert message in one_line_error(proc)
     after = snapshot(root)
     assert {k: v for k, v in after.items() if k in before} == before
     assert not (root / "ecg" / "runs" / f"{RUN}_2").exists()
