@@ -46,9 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"commander.py: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        resume = test_flags(args) + ["--epochs", str(args.epochs), "--resume", "latest", "--version", "latest"]
-        print(f"commander.py: interrupted; checkpoints of complete epochs are kept; continue with: "
-              f"python commander.py {' '.join(resume)}", file=sys.stderr)
+        print("commander.py: interrupted", file=sys.stderr)
         return 130
 
 
@@ -157,6 +155,7 @@ def train_run(args: argparse.Namespace, run_dir: Path, model: torch.nn.Module, c
         write_json(run_dir / "splits.json", data.manifest)
 
     logger = RunLogger(run_dir, args.tensorboard, start_epoch)
+    version = run_dir.name.rsplit("_", 1)[1]
     batch_scheduler = scheduler if args.scheduler in PER_BATCH else None
     print(f"run {run_dir}: {args.model_name} ({config['model']['parameters']:,} parameters) on {device}, "
           f"{len(data.train)} train / {len(data.val)} val examples, epochs {start_epoch + 1}-{args.epochs}")
@@ -190,15 +189,20 @@ def train_run(args: argparse.Namespace, run_dir: Path, model: torch.nn.Module, c
                   f"f1 {tr['macro_f1']:.4f} | val loss {val['loss']:.4f} acc {val['accuracy']:.4f} "
                   f"f1 {val['macro_f1']:.4f} | lr {tr['lr']:.2e} | {tr['seconds'] + val['seconds']:.1f} s"
                   f"{'  *best' if is_best else ''}", flush=True)
+    except KeyboardInterrupt:
+        resume = naming_flags(args) + ["--epochs", str(args.epochs), "--resume", "latest", "--version", version]
+        print(f"commander.py: interrupted; checkpoints of complete epochs are kept; continue with: "
+              f"python commander.py {' '.join(resume)}", file=sys.stderr)
+        return 130
     finally:
         logger.close()
-    hint = test_flags(args) + ["--test", "--resume", "best", "--version", run_dir.name.rsplit("_", 1)[1]]
+    hint = naming_flags(args) + ["--test", "--resume", "best", "--version", version]
     print(f"best validation macro-F1 {best_score:.4f} at epoch {best_epoch}; evaluate it on the test split with:\n"
           f"  python commander.py {' '.join(hint)}")
     return 0
 
 
-def test_flags(args: argparse.Namespace) -> list[str]:
+def naming_flags(args: argparse.Namespace) -> list[str]:
     """The flags that name this run (those not at their defaults), for the hint printed after training."""
     parser = get_args_parser()
     flags = []

@@ -117,7 +117,7 @@ def test_sigint_keeps_the_last_epoch_and_says_how_to_resume(tmp_path: Path, cach
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert "Traceback" not in err
-    assert "interrupted" in err and "--resume latest" in err and "--epochs 50" in err
+    assert "interrupted" in err and "--resume latest --version 1" in err and "--epochs 50" in err
     state = torch.load(last, weights_only=True)
     log = json.loads(last.with_name("logger.json").read_text())
     assert state["epoch"] in [r["epoch"] for r in log["val"]]
