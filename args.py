@@ -98,7 +98,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", default="adamw", choices=list(OPTIMIZERS))
-    g.add_argument("--lr", default=1e-3, type=_positive(float), help="learning rate (peak rate for OneCycleLR)")
+    g.add_argument("--lr", default=3e-3, type=_positive(float), help="learning rate (peak rate for OneCycleLR)")
     g.add_argument("--momentum", default=0.9, type=float, help="SGD momentum (Nesterov)")
     g.add_argument("--weight-decay", default=1e-4, type=float, help="weight decay, for every optimizer")
     g.add_argument("--batch-size", default=128, type=_positive(int))
