@@ -45,6 +45,8 @@ AAMI_MAP = {**dict.fromkeys("NLRej", 0), **dict.fromkeys("AaJS", 1), **dict.from
 BINARY_CLASSES = ["N", "abnormal"]
 # Every beat annotation of the MIT-BIH format (used for RR intervals, labelled or not).
 BEAT_SYMBOLS = set("NLRBAaJSVrFejnE/fQ?")
+# Bits per sample of the WFDB signal formats PhysioNet uses (MIT-BIH is format 212).
+FORMAT_BITS = {"8": 8, "16": 16, "24": 24, "32": 32, "61": 16, "80": 8, "160": 16, "212": 12, "310": 10, "311": 10}
 # Bump when the extraction code changes in a way that changes its output (invalidates caches).
 EXTRACTION_VERSION = 1
 
@@ -93,8 +95,8 @@ def check_integrity(raw_dir: Path, cache_dir: Path) -> None:
         return
     names = {f"{r}{ext}" for r in RECORDS for ext in (".hea", ".dat", ".atr")}
     sums = {n: d for n, d in parse_sha256sums(sums_file.read_text()).items() if n in names}
-    stamp = {n: [(raw_dir / n).stat().st_size, (raw_dir / n).stat().st_mtime_ns]
-             for n in sorted(sums) if (raw_dir / n).is_file()}
+    stats = {n: (raw_dir / n).stat() for n in sorted(sums) if (raw_dir / n).is_file()}
+    stamp = {n: [st.st_size, st.st_mtime_ns] for n, st in stats.items()}
     memo = cache_dir / "mitdb_integrity.json"
     record = {"raw_dir": str(raw_dir.resolve()), "files": stamp}
     if memo.is_file():
@@ -132,10 +134,6 @@ def _window_median_rr(beats: np.ndarray, n_windows: int, win: int) -> np.ndarray
     for w in np.unique(rr_win[same]):
         med[w] = np.median(rr[same & (rr_win == w)])
     return med
-
-
-# Bits per sample of the WFDB signal formats PhysioNet uses (MIT-BIH is format 212).
-FORMAT_BITS = {"8": 8, "16": 16, "24": 24, "32": 32, "61": 16, "80": 8, "160": 16, "212": 12, "310": 10, "311": 10}
 
 
 def _read_record(raw_dir: Path, record: str):
