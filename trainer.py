@@ -46,15 +46,16 @@ def train(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer:
         with _autocast(device, amp):
             logits = model(x)
             loss = criterion(logits, y)
-        if not math.isfinite(loss.item()):
-            raise ECGError(f"the training loss became {loss.item()} at epoch {epoch}, batch {i + 1}; "
+        value = loss.item()
+        if not math.isfinite(value):
+            raise ECGError(f"the training loss became {value} at epoch {epoch}, batch {i + 1}; "
                            f"lower --lr (saved checkpoints are unchanged)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if batch_scheduler is not None:
             batch_scheduler.step()
-        loss_sum += loss.item() * len(y)
+        loss_sum += value * len(y)
         n += len(y)
         preds.append(logits.argmax(dim=1).cpu())
         targets.append(y.cpu())
