@@ -19,7 +19,7 @@ from toolbox import checkpoint
 from toolbox.logger import RunLogger, save_predictions
 from toolbox.losses import class_weights, get_criterion
 from toolbox.metrics import per_class_table
-from toolbox.optimizers import PER_BATCH, get_optimizer, get_scheduler, step_epoch
+from toolbox.optimizers import EPOCH_SHAPED, PER_BATCH, get_optimizer, get_scheduler, step_epoch
 from toolbox.plotter import confusion_matrix_png
 from toolbox.samplers import get_sampler
 from toolbox.utils import (
@@ -33,8 +33,6 @@ from toolbox.utils import (
 )
 
 SHORT_RUN_BATCHES = 10
-# Schedulers whose shape is fixed by --epochs when they are built.
-EPOCH_SHAPED = {"OneCycleLR", "CosineAnnealingLR"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

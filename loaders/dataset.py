@@ -1,14 +1,20 @@
 """In-memory ECG datasets and the DataLoader that feeds them in whole batches."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from toolbox.utils import ECGError, atomic_write
+
+log = logging.getLogger(__name__)
 
 
 class ECGDataset(Dataset):
@@ -50,6 +56,25 @@ def holdout(idx: np.ndarray, labels: np.ndarray, frac: float, seed: int) -> tupl
     """Stratified, seeded: (kept, held out) sorted indices of ``idx``, about ``frac`` of them held out."""
     kept, held = train_test_split(idx, test_size=frac, stratify=labels, random_state=seed)
     return np.sort(kept), np.sort(held)
+
+
+def cached_arrays(cache: Path, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Arrays from the ``.npz`` file ``cache``; else ``build()`` them and write the cache atomically.
+
+    A damaged cache is rebuilt, not trusted; a cache that cannot be written is an ECGError.
+    """
+    if cache.is_file():
+        try:
+            with np.load(cache) as z:
+                return {k: z[k] for k in z.files}
+        except Exception as exc:  # numpy raises many types for a damaged file
+            log.warning("ignoring unreadable cache %s (%s)", cache, exc)
+    arrays = build()
+    try:
+        atomic_write(cache, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+    except OSError as exc:
+        raise ECGError(f"cannot write the cache {cache} ({exc.strerror}); choose a writable --root-dir") from None
+    return arrays
 
 
 def _keep_batch(batch: Any) -> Any:

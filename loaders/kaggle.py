@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -16,12 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loaders.dataset import DataSplits, ECGDataset, holdout
+from loaders.dataset import DataSplits, ECGDataset, cached_arrays, holdout
 from loaders.download import KAGGLE_ARCHIVE_SHA256, KAGGLE_GDRIVE_ID, fetch_archive, safe_extract, sha256_file
 from loaders.mitdb import AAMI_CLASSES, BINARY_CLASSES, intra_patient_split
 from toolbox.utils import ECGError, atomic_write
-
-log = logging.getLogger(__name__)
 
 BEAT_LENGTH = 187
 MITBIH_FILES = ("mitbih_train.csv", "mitbih_test.csv")
@@ -70,16 +67,9 @@ def load_csv(path: Path, cache_dir: Path, n_classes: int) -> tuple[np.ndarray, n
     """:func:`read_csv` through a cache keyed by the file's path, size and modification time."""
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{n_classes}".encode()).hexdigest()[:12]
-    cache = cache_dir / f"csv_{path.stem}_{key}.npz"
-    if cache.is_file():
-        try:
-            with np.load(cache) as z:
-                return z["x"], z["label"]
-        except Exception as exc:  # a damaged cache is rebuilt
-            log.warning("ignoring unreadable cache %s (%s)", cache, exc)
-    x, y = read_csv(path, n_classes)
-    atomic_write(cache, lambda tmp: np.savez(open(tmp, "wb"), x=x, label=y))
-    return x, y
+    arrays = cached_arrays(cache_dir / f"csv_{path.stem}_{key}.npz",
+                           lambda: dict(zip(("x", "label"), read_csv(path, n_classes), strict=True)))
+    return arrays["x"], arrays["label"]
 
 
 def write_csv(path: Path, x: np.ndarray, labels: np.ndarray) -> None:

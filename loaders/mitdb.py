@@ -20,9 +20,9 @@ import numpy as np
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
-from loaders.dataset import DataSplits, ECGDataset, holdout
+from loaders.dataset import DataSplits, ECGDataset, cached_arrays, holdout
 from loaders.download import PHYSIONET_MITDB, fetch_files, parse_sha256sums, sha256_file
-from toolbox.utils import ECGError, atomic_write, write_json
+from toolbox.utils import ECGError, write_json
 
 log = logging.getLogger(__name__)
 
@@ -208,23 +208,15 @@ def extract_beats(raw_dir: Path, params: BeatParams = BeatParams(), progress: bo
 def load_beats(raw_dir: Path, cache_dir: Path, params: BeatParams = BeatParams(), *, data_url: str | None = None,
                progress: bool = True) -> dict[str, np.ndarray]:
     """Extracted beats, from the cache under ``cache_dir`` when present, else extracted and cached."""
-    cache = cache_dir / f"mitdb_beats_{params.key()}.npz"
-    if cache.is_file():
-        try:
-            with np.load(cache) as z:
-                return {k: z[k] for k in ("x", "label", "sample", "record")}
-        except Exception as exc:  # a damaged cache is rebuilt, not trusted
-            log.warning("ignoring unreadable cache %s (%s)", cache, exc)
-    ensure_records(raw_dir, data_url, progress)
-    check_integrity(raw_dir, cache_dir)
-    t0 = time.perf_counter()
-    beats = extract_beats(raw_dir, params, progress)
-    log.info("extracted %d beats in %.1f s", len(beats["label"]), time.perf_counter() - t0)
-    try:
-        atomic_write(cache, lambda tmp: np.savez(open(tmp, "wb"), **beats))
-    except OSError as exc:
-        raise ECGError(f"cannot write the beat cache {cache} ({exc.strerror}); choose a writable --root-dir") from None
-    return beats
+    def extract() -> dict[str, np.ndarray]:
+        ensure_records(raw_dir, data_url, progress)
+        check_integrity(raw_dir, cache_dir)
+        t0 = time.perf_counter()
+        beats = extract_beats(raw_dir, params, progress)
+        log.info("extracted %d beats in %.1f s", len(beats["label"]), time.perf_counter() - t0)
+        return beats
+
+    return cached_arrays(cache_dir / f"mitdb_beats_{params.key()}.npz", extract)
 
 
 def intra_patient_split(labels: np.ndarray, seed: int, test_frac: float = 0.2,

@@ -41,6 +41,8 @@ SCHEDULERS: dict[str, Callable[..., Any]] = {
 }
 # Schedulers stepped after every batch rather than every epoch.
 PER_BATCH = {"OneCycleLR"}
+# Schedulers whose shape is fixed by --epochs when they are built (a resume must keep --epochs).
+EPOCH_SHAPED = {"OneCycleLR", "CosineAnnealingLR"}
 
 
 def get_scheduler(name: str, optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: int,

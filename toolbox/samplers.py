@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch.utils.data import WeightedRandomSampler
 
-from toolbox.losses import BALANCE_POWERS
+from toolbox.losses import BALANCE_POWERS, class_weights
 from toolbox.utils import ECGError
 
 
@@ -15,7 +15,6 @@ def get_sampler(mode: str | None, labels: torch.Tensor, generator: torch.Generat
         return None
     if mode not in BALANCE_POWERS:
         raise ECGError(f"unknown sampler '{mode}'; valid: {', '.join(BALANCE_POWERS)}")
-    counts = np.bincount(labels.numpy())
-    per_class = np.where(counts > 0, np.maximum(counts, 1.0) ** -BALANCE_POWERS[mode], 0.0)
-    weights = torch.as_tensor(per_class[labels.numpy()], dtype=torch.double)
+    per_class = class_weights(np.bincount(labels.numpy()), mode).double()
+    weights = per_class[labels]
     return WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=generator)
