@@ -11,6 +11,7 @@ from loaders import DATASETS
 from models import MODELS
 from toolbox.checkpoint import LAST
 from toolbox.losses import BALANCE_POWERS, CRITERIA
+from toolbox.metrics import THRESHOLD_OBJECTIVES
 from toolbox.optimizers import OPTIMIZERS, SCHEDULERS
 from toolbox.utils import ECGError
 
@@ -22,7 +23,7 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _choice(kind: str):
+def word_or_number(kind: str):
     """Argument type for ``latest|best|bump`` style words or a positive integer."""
     words = {"version": ("latest", "bump"), "resume": ("best", "latest")}[kind]
 
@@ -67,18 +68,30 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="ecg", choices=list(DATASETS),
                    help="ecg: MIT-BIH beats, 5 AAMI classes (N S V F Q); ecg_bin: N versus the rest; "
-                        "ptb: PTB Diagnostic beats (Kaggle CSVs), normal versus abnormal")
+                        "ptb: PTB Diagnostic beats (Kaggle CSVs), normal versus abnormal; cinc2020: "
+                        "PhysioNet/CinC Challenge 2020 twelve-lead records, 24 scored classes, multi-label; "
+                        "ptbxl: PTB-XL twelve-lead records, 5 diagnostic superclasses, multi-label")
     g.add_argument("--root-dir", default=Path("ecg_data"), type=Path,
                    help="where runs and caches are written; raw databases are read from $ECG_DATA_ROOT/<db> "
                         "when that is set, else from <root-dir>/<db>")
-    g.add_argument("--split", default="intra", choices=["intra", "inter"],
-                   help="intra: stratified random beats (test 20%%, val 10%% of the rest); inter: de Chazal "
-                        "DS1 -> DS2 records, validation = whole DS1 records, paced records left out")
+    g.add_argument("--split", default=None, choices=sorted({s for d in DATASETS.values() for s in d.splits}),
+                   metavar="SPLIT",
+                   help="ecg, ecg_bin: intra (default; stratified random beats, test 20%%, val 10%% of the rest) "
+                        "or inter (de Chazal DS1 -> DS2 records, validation = whole DS1 records, paced records "
+                        "left out); ptb: intra; cinc2020: records (default; stratified by labels, test 20%%, val "
+                        "20%% of the rest) or source-X (test on every record of source X: "
+                        f"{', '.join(DATASETS['cinc2020'].splits[1:])}); ptbxl: folds (strat_fold 1-8 / 9 / 10)")
     g.add_argument("--split-seed", default=0, type=int,
                    help="seed of the stratified train/val/test split (fixed so runs share one test set)")
     g.add_argument("--data-url", default=None,
                    help="mirror to download missing raw data from: a base URL holding the MIT-BIH files "
                         "(default: PhysioNet), or for ptb the URL of the Kaggle archive (default: Google Drive)")
+
+    g.add_argument("--fs", default=None, type=_positive(int),
+                   help="cinc2020, ptbxl: resample records to this rate in Hz (default: cinc2020 500, ptbxl 100)")
+    g.add_argument("--seq-len", default=10.0, type=_positive(float),
+                   help="cinc2020, ptbxl: window length in seconds (random crops for training, sliding windows "
+                        "averaged for evaluation; shorter records are zero-padded)")
 
     g = p.add_argument_group("model")
     g.add_argument("--model-name", default="resnet1d_10", choices=list(MODELS), help="architecture")
@@ -88,10 +101,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="initialise the model with the weights of this checkpoint (fine-tuning; nothing else)")
 
     g = p.add_argument_group("run")
-    g.add_argument("--version", default=None, type=_choice("version"), metavar="{latest,bump,N}",
+    g.add_argument("--version", default=None, type=word_or_number("version"), metavar="{latest,bump,N}",
                    help="run version: bump makes a new one, latest reuses the newest, N picks one "
                         "(default: bump when training, latest with --resume or --test)")
-    g.add_argument("--resume", default=None, type=_choice("resume"), metavar="{best,latest,N}",
+    g.add_argument("--resume", default=None, type=word_or_number("resume"), metavar="{best,latest,N}",
                    help="continue from the run's best, last or epoch-N checkpoint (full state)")
     g.add_argument("--test", action="store_true",
                    help="evaluate a trained run on the test split and write pred/ (loads --resume, default best)")
@@ -116,9 +129,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="factor for StepLR, ExponentialLR and ReduceLROnPlateau")
 
     g = p.add_argument_group("class imbalance")
-    g.add_argument("--criterion", default="crossentropy", choices=list(CRITERIA))
+    g.add_argument("--criterion", default=None, choices=list(CRITERIA),
+                   help="loss (default: crossentropy; bce, binary cross-entropy on logits, for multi-label datasets)")
     g.add_argument("--class-balance", default=None, choices=list(BALANCE_POWERS),
-                   help="weight the loss per class: equal ~ 1/n_c, importance ~ 1/sqrt(n_c)")
+                   help="weight the loss per class: equal ~ 1/n_c, importance ~ 1/sqrt(n_c); with bce, positive "
+                        "examples of class c are weighted (n_neg/n_pos) ** 1 or ** 0.5")
+    g.add_argument("--threshold-metric", default=None, choices=list(THRESHOLD_OBJECTIVES),
+                   help="multi-label datasets: per-class decision thresholds are chosen on the validation split "
+                        "to maximise this (default: challenge for cinc2020, f1 for ptbxl)")
     g.add_argument("--sampler", default=None, choices=list(BALANCE_POWERS),
                    help="draw training examples per class: equal ~ 1/n_c, importance ~ 1/sqrt(n_c)")
 
@@ -147,6 +165,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.resume = "best"
     if args.version is None:
         args.version = "latest" if (args.resume or args.test) else "bump"
+    spec = DATASETS[args.dataset]
+    if args.split is None:
+        args.split = spec.splits[0]
+    elif args.split not in spec.splits:
+        parser.error(f"--split {args.split} is not a split of --dataset {args.dataset}; "
+                     f"valid: {', '.join(spec.splits)}")
+    if spec.multilabel:
+        args.fs = args.fs or spec.fs
+        args.criterion = args.criterion or "bce"
+        args.threshold_metric = args.threshold_metric or ("challenge" if args.dataset == "cinc2020" else "f1")
+        if args.criterion != "bce":
+            parser.error(f"--dataset {args.dataset} is multi-label: use --criterion bce, not {args.criterion}")
+        if args.sampler:
+            parser.error(f"--sampler draws single-label classes; for --dataset {args.dataset} use --class-balance")
+        if args.threshold_metric == "challenge" and args.dataset != "cinc2020":
+            parser.error("--threshold-metric challenge needs the Challenge 2020 reward table (--dataset cinc2020)")
+    else:
+        given = [flag for flag, value in (("--fs", args.fs), ("--threshold-metric", args.threshold_metric),
+                                          ("--seq-len", args.seq_len != parser.get_default("seq_len") or None))
+                 if value is not None]
+        if given:
+            parser.error(f"{given[0]} applies to the record datasets (cinc2020, ptbxl), not to {args.dataset}")
+        args.criterion = args.criterion or "crossentropy"
+        if args.criterion == "bce":
+            parser.error(f"--criterion bce is for multi-label datasets; --dataset {args.dataset} is single-label")
     return args
 
 
@@ -154,6 +197,8 @@ def run_name(args: argparse.Namespace) -> str:
     """Run name from the main hyper-parameters (not the epoch count, so a run can be continued)."""
     parts = [args.model_name, args.split, args.optimizer, f"lr{args.lr:g}", f"bs{args.batch_size}",
              args.scheduler, args.criterion]
+    if args.fs is not None:  # record datasets: what a window is
+        parts.append(f"{args.fs}hz-{args.seq_len:g}s")
     if args.class_balance:
         parts.append(f"cb-{args.class_balance}")
     if args.sampler:
@@ -184,7 +229,7 @@ def select_run(runs_dir: Path, name: str, version: str, *, existing: bool) -> Pa
             if existing:
                 raise ECGError(f"no run named {name}_<N> in {runs_dir}; train one first "
                                f"(the name comes from --model-name, --split, --optimizer, --lr, "
-                               f"--batch-size, --scheduler, --criterion and balancing flags)")
+                               f"--batch-size, --scheduler, --criterion, balancing flags, --fs and --seq-len)")
             return runs_dir / f"{name}_1"
         run_dir = runs_dir / f"{name}_{versions[-1]}"
     else:

@@ -9,18 +9,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import trainer
 from args import check_num_classes, get_args_parser, parse_args, run_name, select_run
 from loaders import DataSplits, get_loader, make_dataloader, raw_dir
+from loaders.cinc2020 import write_output
 from models import get_model
 from toolbox import checkpoint
-from toolbox.logger import RunLogger, save_predictions
-from toolbox.losses import class_weights, get_criterion
-from toolbox.metrics import per_class_table
+from toolbox.logger import RunLogger, save_multilabel_predictions, save_predictions
+from toolbox.losses import class_weights, get_criterion, positive_weights
+from toolbox.metrics import MultiLabelTask, multilabel_table, per_class_table
 from toolbox.optimizers import EPOCH_SHAPED, PER_BATCH, get_optimizer, get_scheduler, step_epoch
-from toolbox.plotter import confusion_matrix_png
+from toolbox.plotter import confusion_matrix_png, multilabel_confusion_png
 from toolbox.samplers import get_sampler
 from toolbox.utils import (
     ECGError,
@@ -33,6 +35,10 @@ from toolbox.utils import (
 )
 
 SHORT_RUN_BATCHES = 10
+# validation scores kept in logger.json (those a split's metrics hold), and how the selection score is printed
+VAL_LOGGED = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "macro_auroc", "macro_auprc", "challenge",
+              "thresholds", "seconds")
+SHORT_NAMES = {"macro_f1": "macro-F1", "macro_auroc": "macro AUROC", "challenge": "Challenge metric"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    db, build = get_loader(args.dataset)
+    spec = get_loader(args.dataset)
     run_dir = select_run(args.root_dir / args.dataset / "runs", run_name(args), args.version,
                          existing=args.resume is not None)
     ensure_writable(args.root_dir, "--root-dir")
@@ -58,20 +64,26 @@ def run(args: argparse.Namespace) -> int:
 
     splits_file = run_dir / "splits.json"
     manifest = read_json(splits_file) if splits_file.is_file() else None
-    raw = raw_dir(db, args.root_dir)
-    data = build(raw, args.root_dir / "cache", split_seed=args.split_seed, protocol=args.split,
-                 saved_manifest=manifest, data_url=args.data_url)
+    raw = raw_dir(spec.db, args.root_dir)
+    windows = {"fs": args.fs, "seq_len": args.seq_len} if spec.multilabel else {}
+    data = spec.build(raw, args.root_dir / "cache", split_seed=args.split_seed, protocol=args.split,
+                      saved_manifest=manifest, data_url=args.data_url, **windows)
     check_num_classes(args, data.classes)
     if args.verbose or not args.test:
         print(f"{args.dataset} ({data.manifest['database']}, {data.manifest['protocol']} split): "
               f"examples per class and split\n{data.counts_table()}")
 
     model = get_model(args.model_name, data.in_channels, len(data.classes)).to(device)
-    weight = class_weights(data.train.class_counts(), args.class_balance) if args.class_balance else None
+    weight = None
+    if args.class_balance and data.multilabel:
+        weight = positive_weights(data.train.class_counts(), len(data.train.labels), args.class_balance)
+    elif args.class_balance:
+        weight = class_weights(data.train.class_counts(), args.class_balance)
     criterion = get_criterion(args.criterion, weight).to(device)
+    task = MultiLabelTask(args.threshold_metric, data.challenge_weights, data.normal_index) if data.multilabel else None
     if args.test:
-        return test_run(args, run_dir, model, criterion, data, device)
-    return train_run(args, run_dir, model, criterion, data, device, raw)
+        return test_run(args, run_dir, model, criterion, data, device, task)
+    return train_run(args, run_dir, model, criterion, data, device, raw, task)
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, args: argparse.Namespace, data: DataSplits) -> dict[str, Any]:
@@ -84,13 +96,16 @@ def load_checkpoint(path: Path, model: torch.nn.Module, args: argparse.Namespace
 
 
 def test_run(args: argparse.Namespace, run_dir: Path, model: torch.nn.Module, criterion: torch.nn.Module,
-             data: DataSplits, device: torch.device) -> int:
+             data: DataSplits, device: torch.device, task: MultiLabelTask | None) -> int:
     """Evaluate a saved checkpoint on the test split and write pred/."""
     path = checkpoint.resolve(run_dir, args.resume)
     state = load_checkpoint(path, model, args, data)
     loader = make_dataloader(data.test, args.batch_size, workers=args.workers, pin_memory=device.type == "cuda")
+    max_batches = SHORT_RUN_BATCHES if args.short_run else None
+    if task is not None:
+        return test_multilabel(args, run_dir, path, state, model, criterion, data, device, task, loader, max_batches)
     metrics, probs, targets = trainer.test(model, loader, criterion, device, data.classes, amp=args.amp,
-                                           max_batches=SHORT_RUN_BATCHES if args.short_run else None)
+                                           max_batches=max_batches)
     pred_dir, tag = run_dir / "pred", f"test_{args.resume}"
     save_predictions(pred_dir / f"{tag}_predictions.csv", probs, targets, data.classes, data.test.meta)
     write_json(pred_dir / f"{tag}_metrics.json", {"checkpoint": path.name, "epoch": state["epoch"],
@@ -106,8 +121,43 @@ def test_run(args: argparse.Namespace, run_dir: Path, model: torch.nn.Module, cr
     return 0
 
 
+def test_multilabel(args: argparse.Namespace, run_dir: Path, path: Path, state: dict[str, Any],
+                    model: torch.nn.Module, criterion: torch.nn.Module, data: DataSplits, device: torch.device,
+                    task: MultiLabelTask, loader: torch.utils.data.DataLoader, max_batches: int | None) -> int:
+    """Test a multi-label checkpoint with its validation thresholds; pred/ also gets Challenge output files."""
+    thresholds = state.get("thresholds")
+    if not isinstance(thresholds, list) or len(thresholds) != len(data.classes):
+        raise ECGError(f"{path} holds no decision thresholds for {len(data.classes)} classes; it was not trained "
+                       f"on a multi-label dataset by this version of pytorch-ecg")
+    metrics, probs, targets = trainer.test(model, loader, criterion, device, data.classes, amp=args.amp,
+                                           max_batches=max_batches, task=task, thresholds=np.array(thresholds))
+    records = data.test.meta["record"][: len(targets)]
+    pred_dir, tag = run_dir / "pred", f"test_{args.resume}"
+    save_multilabel_predictions(pred_dir / f"{tag}_predictions.csv", probs, targets, data.classes, records,
+                                thresholds)
+    write_json(pred_dir / f"{tag}_metrics.json", {"checkpoint": path.name, "epoch": state["epoch"],
+                                                  "records": len(targets), **metrics})
+    multilabel_confusion_png(metrics["multilabel_confusion"], pred_dir / f"{tag}_confusion.png",
+                             title=f"{run_dir.name}\n{path.name}, epoch {state['epoch']}")
+    challenge = ""
+    if data.challenge_weights is not None:
+        out_dir = pred_dir / "challenge"
+        outputs = probs >= np.array(thresholds)[None, :]
+        for record, labels, p in zip(records, outputs, probs, strict=True):
+            write_output(out_dir / f"{record}.csv", str(record), data.classes, labels, p)
+        challenge = f"  Challenge metric {metrics['challenge']:.4f}"
+    print(f"test ({path.name}, epoch {state['epoch']}, {len(targets)} records): "
+          f"macro AUROC {metrics['macro_auroc']:.4f}  macro AUPRC {metrics['macro_auprc']:.4f}  "
+          f"exact-match accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}{challenge}  "
+          f"loss {metrics['loss']:.4f}")
+    print(multilabel_table(metrics, data.manifest.get("class_names")))
+    print(f"predictions, metrics and confusion counts: {pred_dir}"
+          + (f"; Challenge output files: {pred_dir / 'challenge'}" if challenge else ""))
+    return 0
+
+
 def train_run(args: argparse.Namespace, run_dir: Path, model: torch.nn.Module, criterion: torch.nn.Module,
-              data: DataSplits, device: torch.device, raw: Path) -> int:
+              data: DataSplits, device: torch.device, raw: Path, task: MultiLabelTask | None) -> int:
     """Train (or continue training) until --epochs, validating and checkpointing every epoch."""
     max_batches = SHORT_RUN_BATCHES if args.short_run else None
     generator = torch.Generator().manual_seed(args.seed)
@@ -160,32 +210,39 @@ def train_run(args: argparse.Namespace, run_dir: Path, model: torch.nn.Module, c
     try:
         for epoch in range(start_epoch + 1, args.epochs + 1):
             tr = trainer.train(model, train_loader, criterion, optimizer, device, epoch, data.classes,
-                               batch_scheduler=batch_scheduler, amp=args.amp, max_batches=max_batches)
+                               batch_scheduler=batch_scheduler, amp=args.amp, max_batches=max_batches,
+                               multilabel=data.multilabel)
             val, probs, targets = trainer.validate(model, val_loader, criterion, device, data.classes,
-                                                   amp=args.amp, max_batches=max_batches)
-            step_epoch(scheduler, val["macro_f1"])
-            is_best = val["macro_f1"] > best_score
+                                                   amp=args.amp, max_batches=max_batches, task=task)
+            score = val[data.selection] if math.isfinite(val[data.selection]) else -math.inf
+            step_epoch(scheduler, score)
+            is_best = score > best_score or best_epoch == 0
             if is_best:
-                best_score, best_epoch = val["macro_f1"], epoch
-            save_predictions(run_dir / "res" / f"val_epoch{epoch:03d}.csv", probs, targets, data.classes,
-                             data.val.meta)
+                best_score, best_epoch = score, epoch
+            res = run_dir / "res" / f"val_epoch{epoch:03d}.csv"
+            if task is not None:
+                save_multilabel_predictions(res, probs, targets, data.classes, data.val.meta["record"],
+                                            val["thresholds"])
+            else:
+                save_predictions(res, probs, targets, data.classes, data.val.meta)
             logger.log_epoch(epoch, "train", tr)
             logger.log_epoch(epoch, "val", {
-                "loss": val["loss"], "accuracy": val["accuracy"], "balanced_accuracy": val["balanced_accuracy"],
-                "macro_f1": val["macro_f1"], "seconds": val["seconds"],
-                "f1_per_class": {c: m["f1"] for c, m in val["per_class"].items()}})
+                **{k: val[k] for k in VAL_LOGGED if k in val}, "f1_per_class": {c: m["f1"] for c, m in
+                                                                                 val["per_class"].items()}})
             # the checkpoint is written last: it marks the epoch as complete
             checkpoint.save({
                 "epoch": epoch, "model_name": args.model_name, "in_channels": data.in_channels,
                 "num_classes": len(data.classes), "classes": data.classes, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "best_score": best_score, "best_epoch": best_epoch, "val_macro_f1": val["macro_f1"],
+                "best_score": best_score, "best_epoch": best_epoch, "selection": data.selection,
+                "val_macro_f1": val["macro_f1"], "thresholds": val.get("thresholds"), "preprocess": data.preprocess,
                 "args": config["flags"], "rng": checkpoint.rng_state(generator),
             }, run_dir, is_best=is_best)
+            extra = f" {SHORT_NAMES[data.selection]} {val[data.selection]:.4f}" if data.selection != "macro_f1" else ""
             print(f"epoch {epoch:>3}/{args.epochs}  train loss {tr['loss']:.4f} acc {tr['accuracy']:.4f} "
                   f"f1 {tr['macro_f1']:.4f} | val loss {val['loss']:.4f} acc {val['accuracy']:.4f} "
-                  f"f1 {val['macro_f1']:.4f} | lr {tr['lr']:.2e} | {tr['seconds'] + val['seconds']:.1f} s"
+                  f"f1 {val['macro_f1']:.4f}{extra} | lr {tr['lr']:.2e} | {tr['seconds'] + val['seconds']:.1f} s"
                   f"{'  *best' if is_best else ''}", flush=True)
     except KeyboardInterrupt:
         resume = naming_flags(args) + ["--epochs", str(args.epochs), "--resume", "latest", "--version", version]
@@ -195,19 +252,20 @@ def train_run(args: argparse.Namespace, run_dir: Path, model: torch.nn.Module, c
     finally:
         logger.close()
     hint = naming_flags(args) + ["--test", "--resume", "best", "--version", version]
-    print(f"best validation macro-F1 {best_score:.4f} at epoch {best_epoch}; evaluate it on the test split with:\n"
+    print(f"best validation {SHORT_NAMES[data.selection]} {best_score:.4f} at epoch {best_epoch}; evaluate it on "
+          f"the test split with:\n"
           f"  python commander.py {' '.join(hint)}")
     return 0
 
 
 def naming_flags(args: argparse.Namespace) -> list[str]:
-    """The flags that name this run (those not at their defaults), for the hint printed after training."""
-    parser = get_args_parser()
-    flags = []
-    for name in ("dataset", "root_dir", "model_name", "split", "optimizer", "lr", "batch_size", "scheduler",
-                 "criterion", "class_balance", "sampler"):
+    """The flags that name this run (those not at their dataset's defaults), for the hints printed by training."""
+    defaults = parse_args(["--dataset", args.dataset])
+    flags = [] if args.dataset == get_args_parser().get_default("dataset") else ["--dataset", args.dataset]
+    for name in ("root_dir", "model_name", "split", "fs", "seq_len", "optimizer", "lr", "batch_size", "scheduler",
+                 "criterion", "class_balance", "sampler", "threshold_metric"):
         value = getattr(args, name)
-        if value != parser.get_default(name):
+        if value != getattr(defaults, name):
             flags += [f"--{name.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
     return flags
 

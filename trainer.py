@@ -1,4 +1,9 @@
-"""One pass over a loader: ``train`` (with optimisation), ``validate`` and ``test`` (without)."""
+"""One pass over a loader: ``train`` (with optimisation), ``validate`` and ``test`` (without).
+
+Single-label batches carry class indices and are scored from softmax probabilities. Multi-label batches
+(``task`` given) carry multi-hot rows and are scored from sigmoid probabilities; evaluation windows of one
+record are averaged into one prediction, and decision thresholds are chosen on the validation split only.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from toolbox.metrics import classification_metrics
+from toolbox.metrics import MultiLabelTask, classification_metrics, multilabel_metrics, select_thresholds
 from toolbox.utils import ECGError
 
 
@@ -33,19 +38,24 @@ def _batches(loader: DataLoader, max_batches: int | None, desc: str, progress: b
             bar.update()
 
 
+def _probabilities(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    return torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
+
+
 def train(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
           device: torch.device, epoch: int, classes: Sequence[str], *, batch_scheduler: Any = None,
-          amp: bool = False, max_batches: int | None = None, progress: bool = True) -> dict[str, float]:
-    """Train one epoch; returns loss, accuracy, macro-F1, learning rate and seconds."""
+          amp: bool = False, max_batches: int | None = None, progress: bool = True,
+          multilabel: bool = False) -> dict[str, float]:
+    """Train one epoch; returns loss, accuracy (multi-label: exact match at 0.5), macro-F1, learning rate, seconds."""
     model.train()
     start = time.perf_counter()
     lr = optimizer.param_groups[0]["lr"]
-    loss_sum, n, preds, targets = 0.0, 0, [], []
+    loss_sum, n, outputs, targets = 0.0, 0, [], []
     for i, (x, y) in _batches(loader, max_batches, f"train {epoch}", progress):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with _autocast(device, amp):
             logits = model(x)
-            loss = criterion(logits, y)
+            loss = criterion(logits.float() if multilabel else logits, y)
         value = loss.item()
         if not math.isfinite(value):
             raise ECGError(f"the training loss became {value} at epoch {epoch}, batch {i + 1}; "
@@ -57,19 +67,23 @@ def train(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer:
             batch_scheduler.step()
         loss_sum += value * len(y)
         n += len(y)
-        preds.append(logits.argmax(dim=1).cpu())
-        targets.append(y.cpu())
-    metrics = classification_metrics(torch.cat(targets).numpy(), torch.cat(preds).numpy(), classes)
+        outputs.append((logits.detach().float() > 0) if multilabel else logits.argmax(dim=1))
+        targets.append(y)
+    out, tgt = torch.cat(outputs).cpu().numpy(), torch.cat(targets).cpu().numpy()
+    if multilabel:
+        metrics = multilabel_metrics(tgt, out.astype(np.float64), np.full(len(classes), 0.5), classes)
+    else:
+        metrics = classification_metrics(tgt, out, classes)
     return {"loss": loss_sum / max(n, 1), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
             "lr": lr, "seconds": time.perf_counter() - start}
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, loader: DataLoader, criterion: nn.Module, device: torch.device,
-              classes: Sequence[str], desc: str, amp: bool, max_batches: int | None,
-              progress: bool) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+def _predict(model: nn.Module, loader: DataLoader, criterion: nn.Module, device: torch.device, desc: str,
+             amp: bool, max_batches: int | None, progress: bool,
+             multilabel: bool) -> tuple[float, np.ndarray, np.ndarray]:
+    """(mean loss, probabilities, targets) over the loader, per example (multi-label: per record)."""
     model.eval()
-    start = time.perf_counter()
     loss_sum, n, probs, targets = 0.0, 0, [], []
     for _, (x, y) in _batches(loader, max_batches, desc, progress):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -77,23 +91,71 @@ def _evaluate(model: nn.Module, loader: DataLoader, criterion: nn.Module, device
             logits = model(x)
         loss_sum += criterion(logits.float(), y).item() * len(y)
         n += len(y)
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        probs.append(_probabilities(logits.float(), multilabel).cpu())
         targets.append(y.cpu())
     p, t = torch.cat(probs).numpy(), torch.cat(targets).numpy()
-    metrics = classification_metrics(t, p.argmax(axis=1), classes)
-    metrics.update(loss=loss_sum / max(n, 1), seconds=time.perf_counter() - start)
+    if multilabel:
+        p, t = _average_windows(p, t, loader.dataset.groups)
+    return loss_sum / max(n, 1), p, t
+
+
+def _average_windows(probs: np.ndarray, targets: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One row per record: the mean probabilities of its windows (``groups[i]``: record of window i, ascending)."""
+    groups = np.asarray(groups)[: len(probs)]
+    _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    sums = np.zeros((len(first), probs.shape[1]))
+    np.add.at(sums, inverse, probs)
+    return (sums / np.bincount(inverse)[:, None]).astype(np.float32), targets[first]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool = False,
+            progress: bool = True) -> np.ndarray:
+    """Multi-label probabilities per record of a record dataset (its windows averaged), without labels or loss."""
+    model.eval()
+    probs = []
+    for _, (x, _y) in _batches(loader, None, "predict", progress):
+        with _autocast(device, amp):
+            probs.append(torch.sigmoid(model(x.to(device)).float()).cpu())
+    p = torch.cat(probs).numpy()
+    return _average_windows(p, np.zeros((len(p), 0)), loader.dataset.groups)[0]
+
+
+def _evaluate(model: nn.Module, loader: DataLoader, criterion: nn.Module, device: torch.device,
+              classes: Sequence[str], desc: str, amp: bool, max_batches: int | None, progress: bool,
+              task: MultiLabelTask | None, thresholds: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray,
+                                                                                np.ndarray]:
+    start = time.perf_counter()
+    loss, p, t = _predict(model, loader, criterion, device, desc, amp, max_batches, progress, task is not None)
+    if task is None:
+        metrics = classification_metrics(t, p.argmax(axis=1), classes)
+    else:
+        if thresholds is None:  # validation: choose them here, on these predictions
+            thresholds = select_thresholds(t, p, task.objective, weights=task.weights, normal_index=task.normal_index)
+        metrics = multilabel_metrics(t, p, thresholds, classes, weights=task.weights, normal_index=task.normal_index)
+        metrics["thresholds"] = [float(v) for v in thresholds]
+    metrics.update(loss=loss, seconds=time.perf_counter() - start)
     return metrics, p, t
 
 
 def validate(model: nn.Module, loader: DataLoader, criterion: nn.Module, device: torch.device,
-             classes: Sequence[str], *, amp: bool = False, max_batches: int | None = None,
-             progress: bool = True) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Evaluate on the validation loader: (metrics, probabilities, targets) in loader order."""
-    return _evaluate(model, loader, criterion, device, classes, "val", amp, max_batches, progress)
+             classes: Sequence[str], *, amp: bool = False, max_batches: int | None = None, progress: bool = True,
+             task: MultiLabelTask | None = None) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Evaluate on the validation loader: (metrics, probabilities, targets) in loader order.
+
+    Multi-label: per-record predictions; the decision thresholds are chosen on them (``metrics['thresholds']``).
+    """
+    return _evaluate(model, loader, criterion, device, classes, "val", amp, max_batches, progress, task, None)
 
 
 def test(model: nn.Module, loader: DataLoader, criterion: nn.Module, device: torch.device,
-         classes: Sequence[str], *, amp: bool = False, max_batches: int | None = None,
-         progress: bool = True) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Evaluate on the test loader: (metrics, probabilities, targets) in loader order."""
-    return _evaluate(model, loader, criterion, device, classes, "test", amp, max_batches, progress)
+         classes: Sequence[str], *, amp: bool = False, max_batches: int | None = None, progress: bool = True,
+         task: MultiLabelTask | None = None, thresholds: np.ndarray | None = None) -> tuple[dict[str, Any],
+                                                                                          np.ndarray, np.ndarray]:
+    """Evaluate on the test loader: (metrics, probabilities, targets) in loader order.
+
+    Multi-label: ``thresholds`` (chosen on validation, from the checkpoint) are required.
+    """
+    if task is not None and thresholds is None:
+        raise ValueError("multi-label testing needs the thresholds chosen on the validation split")
+    return _evaluate(model, loader, criterion, device, classes, "test", amp, max_batches, progress, task, thresholds)

@@ -1,16 +1,18 @@
-"""Dataset selectors: ``get_loader(name)`` returns the function that builds a dataset's splits."""
+"""Dataset selectors: ``get_loader(name)`` describes a dataset and returns the function that builds its splits."""
 from __future__ import annotations
 
 import functools
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from loaders import kaggle, mitdb
-from loaders.dataset import DataSplits, ECGDataset, make_dataloader
+from loaders import cinc2020, kaggle, mitdb, ptbxl
+from loaders.dataset import DataSplits, ECGDataset, RecordDataset, make_dataloader
 from toolbox.utils import ECGError
 
-__all__ = ["DATASETS", "DataSplits", "ECGDataset", "get_loader", "make_dataloader", "raw_dir"]
+__all__ = ["DATASETS", "DataSplits", "DatasetSpec", "ECGDataset", "RecordDataset", "get_loader", "make_dataloader",
+           "raw_dir"]
 
 
 def _mitbih(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, protocol: str = "intra",
@@ -23,16 +25,36 @@ def _mitbih(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, pr
                        saved_manifest=saved_manifest, data_url=data_url, progress=progress)
 
 
-# name -> (raw database folder, builder(raw_dir, cache_dir, *, split_seed, protocol, saved_manifest, data_url, ...))
-DATASETS: dict[str, tuple[str, Callable[..., DataSplits]]] = {
-    "ecg": ("mitdb", functools.partial(_mitbih, binary=False)),
-    "ecg_bin": ("mitdb", functools.partial(_mitbih, binary=True)),
-    "ptb": ("ptbdb", kaggle.build_ptb),
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset: its raw folder, split builder, valid ``--split`` values (first = default) and kind.
+
+    Record datasets (``fs`` set) are multi-label twelve-lead records cut into windows; the builder then also
+    takes ``fs`` and ``seq_len``. Beat datasets are single-label examples of fixed length.
+    """
+
+    db: str
+    build: Callable[..., DataSplits]
+    splits: tuple[str, ...]
+    fs: int | None = None  # default --fs of a record dataset
+
+    @property
+    def multilabel(self) -> bool:
+        return self.fs is not None
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "ecg": DatasetSpec("mitdb", functools.partial(_mitbih, binary=False), ("intra", "inter")),
+    "ecg_bin": DatasetSpec("mitdb", functools.partial(_mitbih, binary=True), ("intra", "inter")),
+    "ptb": DatasetSpec("ptbdb", kaggle.build_ptb, ("intra",)),
+    "cinc2020": DatasetSpec("cinc2020", cinc2020.build, ("records", *(f"source-{s}" for s in cinc2020.SOURCES)),
+                            fs=500),
+    "ptbxl": DatasetSpec("ptbxl", ptbxl.build, ("folds",), fs=ptbxl.NATIVE_FS),
 }
 
 
-def get_loader(name: str) -> tuple[str, Callable[..., DataSplits]]:
-    """The raw database folder name and the split builder of dataset ``name``."""
+def get_loader(name: str) -> DatasetSpec:
+    """The description and split builder of dataset ``name``."""
     if name not in DATASETS:
         raise ECGError(f"unknown dataset '{name}'; valid: {', '.join(DATASETS)}")
     return DATASETS[name]

@@ -93,12 +93,22 @@ def make_dataloader(dataset: ECGDataset, batch_size: int, *, shuffle: bool = Fal
 
 @dataclass
 class DataSplits:
-    """What a loader hands to the commander: the three datasets and the manifest for splits.json."""
+    """What a loader hands to the commander: the three datasets and the manifest for splits.json.
 
-    train: ECGDataset
-    val: ECGDataset
-    test: ECGDataset
+    Multi-label datasets also say how windows were made (``preprocess``, kept in checkpoints so a model can
+    be applied to new records), which validation score picks the best epoch (``selection``), and, for the
+    PhysioNet/CinC Challenge, the reward matrix in class order and the index of the normal class.
+    """
+
+    train: ECGDataset | RecordDataset
+    val: ECGDataset | RecordDataset
+    test: ECGDataset | RecordDataset
     manifest: dict[str, Any] = field(default_factory=dict)
+    multilabel: bool = False
+    selection: str = "macro_f1"
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    challenge_weights: np.ndarray | None = None
+    normal_index: int | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -109,12 +119,120 @@ class DataSplits:
         return self.train.in_channels
 
     def counts_table(self) -> str:
-        """A small text table: examples per class and split."""
+        """A small text table: examples (multi-label: records carrying each class) per class and split."""
         names = ["train", "val", "test"]
         width = max(6, *(len(c) for c in self.classes))
         lines = [f"{'class':<{width}} " + " ".join(f"{n:>8}" for n in names)]
         counts = [getattr(self, n).class_counts() for n in names]
         for k, c in enumerate(self.classes):
             lines.append(f"{c:<{width}} " + " ".join(f"{cnt[k]:>8}" for cnt in counts))
-        lines.append(f"{'total':<{width}} " + " ".join(f"{cnt.sum():>8}" for cnt in counts))
+        sizes = [len(getattr(self, n).labels) for n in names]  # examples, or records when multi-label
+        lines.append(f"{'records' if self.multilabel else 'total':<{width}} " + " ".join(f"{s:>8}" for s in sizes))
         return "\n".join(lines)
+
+
+class RecordDataset(Dataset):
+    """Whole multi-lead records of any length with multi-hot labels, cut into fixed windows on the fly.
+
+    ``random_crop``: one window per record per pass, at an offset drawn from torch's global generator (so a
+    resumed run draws the same crops). Otherwise every record is cut into windows ``stride`` apart, the last
+    one flush with the record's end; ``groups`` maps each window to its record for averaging.
+    Records shorter than ``window`` are zero-padded at the end.
+    """
+
+    def __init__(self, signals: Sequence[np.ndarray], labels: np.ndarray, classes: Sequence[str], window: int, *,
+                 random_crop: bool, stride: int | None = None, meta: dict[str, np.ndarray] | None = None) -> None:
+        if len(signals) != len(labels) or labels.ndim != 2 or labels.shape[1] != len(classes):
+            raise ValueError(f"expected one multi-hot row of {len(classes)} per record, got {labels.shape} "
+                             f"for {len(signals)} records")
+        self.signals = [torch.as_tensor(_pad_to(s, window), dtype=torch.float32) for s in signals]
+        self.targets = torch.as_tensor(labels, dtype=torch.float32)
+        self.classes = list(classes)
+        self.window = window
+        self.random_crop = random_crop
+        self.meta = meta or {}
+        if random_crop:
+            self.groups = np.arange(len(signals))
+            self.starts = np.zeros(len(signals), dtype=np.int64)
+        else:
+            stride = stride or window
+            pairs = [(r, s) for r, sig in enumerate(self.signals) for s in _window_starts(sig.shape[1], window, stride)]
+            self.groups = np.array([r for r, _ in pairs], dtype=np.int64)
+            self.starts = np.array([s for _, s in pairs], dtype=np.int64)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.signals[0].shape[0]) if self.signals else 0
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """Multi-hot labels per record."""
+        return self.targets
+
+    def class_counts(self) -> np.ndarray:
+        """Number of records carrying each class."""
+        return self.targets.sum(dim=0).numpy().astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def _window(self, i: int) -> torch.Tensor:
+        record = self.signals[self.groups[i]]
+        if self.random_crop:
+            start = int(torch.randint(record.shape[1] - self.window + 1, ()).item())
+        else:
+            start = int(self.starts[i])
+        return record[:, start:start + self.window]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._window(i), self.targets[self.groups[i]]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.stack([self._window(i) for i in indices])
+        return x, self.targets[torch.as_tensor(self.groups[indices], dtype=torch.long)]
+
+
+def _pad_to(signal: np.ndarray, length: int) -> np.ndarray:
+    """``signal`` (leads, n) zero-padded at the end to at least ``length`` samples."""
+    if signal.shape[1] >= length:
+        return signal
+    return np.pad(signal, ((0, 0), (0, length - signal.shape[1])))
+
+
+def _window_starts(n: int, window: int, stride: int) -> list[int]:
+    """Starts of windows ``stride`` apart covering ``n`` samples, the last one ending at ``n``."""
+    starts = list(range(0, n - window + 1, stride))
+    if starts[-1] != n - window:
+        starts.append(n - window)
+    return starts
+
+
+def multilabel_holdout(labels: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Iterative stratification (Sechidis et al. 2011) of multi-hot ``labels``: sorted (kept, held out) row indices.
+
+    Rarest labels are placed first, each of their records going to the side that still needs most of that
+    label; records without labels fill the sides up to their sizes.
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels, dtype=bool)
+    n = len(labels)
+    need = np.stack([(1 - frac) * labels.sum(0), frac * labels.sum(0)]).astype(np.float64)  # [kept, held] x class
+    size = np.array([(1 - frac) * n, frac * n])
+    side = np.full(n, -1)
+    left = rng.permutation(n)
+    while True:
+        free = left[side[left] < 0]
+        counts = labels[free].sum(0)
+        if not counts.any():
+            break
+        c = int(np.flatnonzero(counts == counts[counts > 0].min())[0])
+        for r in free[labels[free, c]]:
+            s = int(np.lexsort((rng.random(2), -size, -need[:, c]))[0])  # most need, then most room
+            side[r] = s
+            need[s] -= labels[r]
+            size[s] -= 1
+    for r in left[side[left] < 0]:
+        s = int(np.argmax(size))
+        side[r] = s
+        size[s] -= 1
+    return np.flatnonzero(side == 0), np.flatnonzero(side == 1)

@@ -9,6 +9,7 @@ from torch import nn
 from models.cnn import CNN1d
 from models.lstm import LSTMClassifier
 from models.resnet import ResNet1d
+from models.ribeiro import RibeiroResNet
 from toolbox.utils import ECGError
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -20,6 +21,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet1d_18": functools.partial(ResNet1d, blocks=(2, 2, 2, 2)),
     "resnet1d_v2_10": functools.partial(ResNet1d, blocks=(1, 1, 1, 1), preact=True),
     "resnet1d_v2_18": functools.partial(ResNet1d, blocks=(2, 2, 2, 2), preact=True),
+    "ribeiro_resnet": RibeiroResNet,  # twelve-lead records (Ribeiro et al. 2020)
+    "ribeiro_resnet_small": functools.partial(RibeiroResNet, widths=(32, 48, 64, 96, 128)),  # for 2-core CPUs
 }
 
 

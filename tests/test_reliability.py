@@ -1,6 +1,7 @@
 """Crash safety, exact resume, safe checkpoints and one-line errors, through commander.py on real records."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -153,14 +154,14 @@ def test_non_finite_loss_stops_and_keeps_checkpoints(tmp_path: Path, cache_root:
     assert commander.main([*MODEL, "--root-dir", str(root), "--epochs", "2", "--scheduler", "StepLR"]) == 0
     run = root / "ecg" / "runs" / f"{run_name(parse_args([*MODEL, '--scheduler', 'StepLR']))}_1"
     before = snapshot(run)
-    db, build = commander.get_loader("ecg")
+    spec = commander.get_loader("ecg")
 
     def poisoned(*args, **kwargs):
-        data = build(*args, **kwargs)
+        data = spec.build(*args, **kwargs)
         data.train.x[:] = float("nan")  # as if the inputs or the weights had blown up
         return data
 
-    monkeypatch.setattr(commander, "get_loader", lambda name: (db, poisoned))
+    monkeypatch.setattr(commander, "get_loader", lambda name: dataclasses.replace(spec, build=poisoned))
     code = commander.main([*MODEL, "--root-dir", str(root), "--epochs", "3", "--scheduler", "StepLR",
                            "--resume", "latest"])
     assert code == 2

@@ -9,7 +9,7 @@ import pandas as pd
 
 from toolbox.utils import atomic_write, read_json, write_json
 
-SCALARS = ("loss", "accuracy", "macro_f1")
+SCALARS = ("loss", "accuracy", "macro_f1", "macro_auroc", "macro_auprc", "challenge")
 
 
 class RunLogger:
@@ -50,5 +50,17 @@ def save_predictions(path: Path, probs: np.ndarray, targets: np.ndarray, classes
     table = pd.DataFrame({"index": np.arange(len(targets)), **{k: v[: len(targets)] for k, v in meta.items()},
                           "target": targets, "pred": probs.argmax(axis=1)})
     for k, c in enumerate(classes):
+        table[f"p_{c}"] = probs[:, k].round(6)
+    atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+
+
+def save_multilabel_predictions(path: Path, probs: np.ndarray, targets: np.ndarray, classes: list[str],
+                                records: np.ndarray, thresholds: np.ndarray) -> None:
+    """CSV of one split's per-record predictions: record, then per class the target, decision and probability."""
+    table = pd.DataFrame({"record": records[: len(targets)]})
+    outputs = probs >= np.asarray(thresholds)[None, :]
+    for k, c in enumerate(classes):
+        table[f"y_{c}"] = targets[:, k].astype(int)
+        table[f"pred_{c}"] = outputs[:, k].astype(int)
         table[f"p_{c}"] = probs[:, k].round(6)
     atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))

@@ -24,6 +24,19 @@ def class_weights(counts: np.ndarray, mode: str) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
+def positive_weights(positives: np.ndarray, total: int, mode: str) -> torch.Tensor:
+    """Multi-label ``pos_weight``: (negatives / positives) ** power per class (``equal`` 1, ``importance`` 0.5).
+
+    A class without positives (or without negatives) keeps weight 1.
+    """
+    if mode not in BALANCE_POWERS:
+        raise ECGError(f"unknown class balance '{mode}'; valid: {', '.join(BALANCE_POWERS)}")
+    pos = np.asarray(positives, dtype=np.float64)
+    neg = total - pos
+    ratio = np.where((pos > 0) & (neg > 0), neg / np.maximum(pos, 1), 1.0)
+    return torch.tensor(ratio ** BALANCE_POWERS[mode], dtype=torch.float32)
+
+
 class FocalLoss(nn.Module):
     """Focal loss (Lin et al. 2017): cross-entropy scaled by (1 - p_true) ** gamma, optional class weights."""
 
@@ -44,11 +57,12 @@ class FocalLoss(nn.Module):
 CRITERIA: dict[str, Callable[[torch.Tensor | None], nn.Module]] = {
     "crossentropy": lambda weight: nn.CrossEntropyLoss(weight=weight),
     "focal": lambda weight: FocalLoss(weight=weight),
+    "bce": lambda weight: nn.BCEWithLogitsLoss(pos_weight=weight),  # multi-label; weight = per-class pos_weight
 }
 
 
 def get_criterion(name: str, weight: torch.Tensor | None = None) -> nn.Module:
-    """Loss ``name`` with optional per-class ``weight``."""
+    """Loss ``name`` with optional per-class ``weight`` (for ``bce``: the weight of positive examples)."""
     if name not in CRITERIA:
         raise ECGError(f"unknown criterion '{name}'; valid: {', '.join(CRITERIA)}")
     return CRITERIA[name](weight)

@@ -30,3 +30,22 @@ def confusion_matrix_png(cm: np.ndarray, classes: Sequence[str], path: Path, *, 
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
+
+
+def multilabel_confusion_png(confusion: dict[str, dict[str, int]], path: Path, *, title: str) -> None:
+    """Save per-class TP/FN/FP/TN counts of a multi-label evaluation as one row per class, shaded per row."""
+    classes = list(confusion)
+    cells = ("tp", "fn", "fp", "tn")
+    counts = np.array([[confusion[c][k] for k in cells] for c in classes], dtype=np.float64)
+    shown = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(classes) + 1.8))
+    ax.imshow(shown, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    ax.set(xticks=range(len(cells)), yticks=range(len(classes)), xticklabels=[k.upper() for k in cells],
+           yticklabels=classes, title=title)
+    for i in range(len(classes)):
+        for j in range(len(cells)):
+            ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center",
+                    color="white" if shown[i, j] > 0.5 else "black", fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)

@@ -1,0 +1,85 @@
+"""Apply a trained cinc2020 run to Challenge-format records and write Challenge output files.
+
+    python driver.py INPUT_DIR OUTPUT_DIR --run RUN_DIR [--checkpoint best|latest|N]
+
+Every ``X.hea`` + ``X.mat`` in INPUT_DIR becomes ``OUTPUT_DIR/X.csv``: ``#X``, the class codes, the binary
+labels (the checkpoint's validation thresholds) and the probabilities, the format the PhysioNet/CinC
+Challenge 2020 scoring script reads. The checkpoint carries the model, classes, thresholds and the
+preprocessing (rate, window, stride), so no other flag is needed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import trainer
+from args import OneLineParser, word_or_number
+from loaders import RecordDataset, make_dataloader
+from loaders.cinc2020 import list_records, read_folder, write_output
+from models import get_model
+from toolbox import checkpoint
+from toolbox.utils import ECGError, ensure_writable, setup_env
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="driver.py", description="Write Challenge 2020 output files for a folder of records.",
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("input_dir", type=Path, help="folder of Challenge-format records (X.hea + X.mat)")
+    p.add_argument("output_dir", type=Path, help="folder for the output files X.csv (must not hold them already)")
+    p.add_argument("--run", required=True, type=Path, help="run folder of a model trained with --dataset cinc2020")
+    p.add_argument("--checkpoint", default="best", type=word_or_number("resume"), metavar="{best,latest,N}",
+                   help="which checkpoint of the run to apply")
+    p.add_argument("--batch-size", default=64, type=int, help="windows per forward pass")
+    p.add_argument("--disable-cuda", action="store_true", help="run on the CPU even when CUDA is available")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    path = checkpoint.resolve(args.run, args.checkpoint)
+    state = checkpoint.load(path)
+    prep, thresholds, classes = state.get("preprocess") or {}, state.get("thresholds"), state.get("classes")
+    if not prep.get("fs") or not isinstance(thresholds, list) or not classes:
+        raise ECGError(f"{path} is not a multi-label record model (no preprocessing or thresholds); train one with "
+                       f"--dataset cinc2020")
+    if state.get("args", {}).get("dataset") != "cinc2020":
+        raise ECGError(f"{path} was trained on --dataset {state.get('args', {}).get('dataset')}; Challenge outputs "
+                       f"need the Challenge classes (--dataset cinc2020)")
+    names = list_records(args.input_dir)
+    clash = [n for n in names if (args.output_dir / f"{n}.csv").exists()]
+    if clash:
+        raise ECGError(f"{args.output_dir} already holds {clash[0]}.csv (and {len(clash) - 1} more); choose an empty "
+                       f"output folder")
+    ensure_writable(args.output_dir, "OUTPUT_DIR")
+    device = setup_env(0, args.disable_cuda)
+    model = get_model(state["model_name"], state["in_channels"], state["num_classes"])
+    checkpoint.load_weights(state, path, model)
+    model.to(device)
+    signals, _ = read_folder(args.input_dir, names, prep["fs"])
+    dataset = RecordDataset(signals, np.zeros((len(names), len(classes)), dtype=np.float32), classes,
+                            prep["window"], random_crop=False, stride=prep["stride"])
+    probs = trainer.predict(model, make_dataloader(dataset, args.batch_size), device,
+                            amp=bool(state.get("args", {}).get("amp", True)))
+    labels = probs >= np.array(thresholds)[None, :]
+    for name, row, p in zip(names, labels, probs, strict=True):
+        write_output(args.output_dir / f"{name}.csv", name, classes, row, p)
+    print(f"{len(names)} output files in {args.output_dir} ({path.name} of {args.run.name}, epoch {state['epoch']})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        with torch.inference_mode():
+            return run(args)
+    except ECGError as exc:
+        print(f"driver.py: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""PhysioNet/CinC Challenge 2020 twelve-lead records: Challenge-format headers and signals, scored labels, outputs.
+
+A record is ``X.hea`` (WFDB header; ``#Dx:`` lists SNOMED CT codes) and ``X.mat`` (``val``: leads x samples,
+integers). Amplitudes become mV through each lead's gain and baseline. Labels are the scored classes of
+``scoring/dx_mapping_scored.csv``; classes the Challenge scores as one (``a|b`` column headers of
+``weights.csv``, or two classes with weight 1 between them) are merged into the first one. Unscored codes
+are ignored. The scoring tables are read from the data folder, never copied into code.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.io
+from scipy.signal import resample_poly
+from tqdm import tqdm
+
+from loaders.dataset import DataSplits, RecordDataset, cached_arrays, multilabel_holdout
+from toolbox.utils import ECGError, atomic_write
+
+log = logging.getLogger(__name__)
+
+LEADS = ["I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+NORMAL_CODE = "426783006"  # sinus rhythm: the class an "always normal" classifier answers
+# record-name prefix -> source database (Challenge 2020 and 2021 training sets)
+SOURCES = {"A": "CPSC 2018", "Q": "CPSC-Extra", "I": "St Petersburg INCART", "S": "PTB", "HR": "PTB-XL",
+           "E": "Georgia", "JS": "Chapman-Shaoxing/Ningbo"}
+TEST_FRAC, VAL_FRAC = 0.2, 0.2  # of all records; of the rest
+FILES_HINT = ("put Challenge-format records (X.hea + X.mat) there; they are the PhysioNet/CinC Challenge 2020-2021 "
+              "training data at physionet.org/content/challenge-2021")
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a record's header says: name, sampling rate, samples, per-lead names/gains/baselines, diagnoses."""
+
+    record: str
+    fs: float
+    samples: int
+    leads: list[str]
+    gains: np.ndarray
+    baselines: np.ndarray
+    dx: list[str]
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """The Challenge scoring tables: merged class codes (representatives), names, equivalences, rewards."""
+
+    codes: list[str]
+    abbreviations: list[str]
+    equivalent: dict[str, str]  # every scored code -> its class's representative code
+    weights: np.ndarray  # reward matrix in ``codes`` order
+
+    @property
+    def normal_index(self) -> int:
+        return self.codes.index(NORMAL_CODE)
+
+    def multi_hot(self, dx: list[str]) -> np.ndarray:
+        """Multi-hot vector of scored classes; unscored codes are ignored."""
+        row = np.zeros(len(self.codes), dtype=np.float32)
+        for code in dx:
+            if code in self.equivalent:
+                row[self.codes.index(self.equivalent[code])] = 1
+        return row
+
+
+def _parse_gain(text: str, adc_zero: int, path: Path) -> tuple[float, float]:
+    """Gain (ADC units per mV) and baseline of a WFDB gain field such as ``1000/mV``, ``1000.0(0)/mV``, ``2(5)/uV``."""
+    match = re.fullmatch(r"([-+\d.eE]+)(?:\((-?\d+)\))?(?:/(\w+))?", text)
+    if not match:
+        raise ECGError(f"{path}: cannot read the gain field {text!r}")
+    gain = float(match.group(1)) or 200.0  # WFDB: a gain of 0 means the default, 200 units per mV
+    baseline = float(match.group(2)) if match.group(2) is not None else float(adc_zero)
+    unit = (match.group(3) or "mV").lower()
+    scale = {"mv": 1.0, "uv": 1000.0, "v": 0.001}.get(unit)
+    if scale is None:
+        raise ECGError(f"{path}: unknown amplitude unit {match.group(3)!r}")
+    return gain * scale, baseline
+
+
+def read_header(path: Path) -> Header:
+    """Parse a Challenge-format header; tolerates a record line that names the ``.mat`` file (Georgia)."""
+    try:
+        lines = [line.strip() for line in Path(path).read_text().splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ECGError(f"cannot read header {path} ({exc})") from None
+    fields = [line.split() for line in lines if line and not line.startswith("#")]
+    try:
+        record, n_sig, fs, samples = fields[0][0], int(fields[0][1]), float(fields[0][2]), int(fields[0][3])
+        record = record.split("/")[0].removesuffix(".mat")
+        leads, gains, baselines = [], [], []
+        for f in fields[1:1 + n_sig]:
+            gain, baseline = _parse_gain(f[2], int(f[4]), path)
+            leads.append(f[8].upper())
+            gains.append(gain)
+            baselines.append(baseline)
+    except (IndexError, ValueError):
+        raise ECGError(f"{path} is not a WFDB header (record line 'name leads fs samples', one line per lead)") \
+            from None
+    if len(leads) != n_sig:
+        raise ECGError(f"{path} announces {n_sig} leads but describes {len(leads)}")
+    dx = next((line.split(":", 1)[1] for line in lines if line.lower().startswith("#dx")), "")
+    return Header(record, fs, samples, leads, np.array(gains), np.array(baselines),
+                  [c.strip() for c in dx.split(",") if c.strip()])
+
+
+def read_signal(folder: Path, header: Header) -> np.ndarray:
+    """The record's twelve leads in the standard order, in mV, as float32 (12, samples)."""
+    path = folder / f"{header.record}.mat"
+    try:
+        val = scipy.io.loadmat(path)["val"]
+    except Exception as exc:  # scipy raises many types for a damaged file
+        raise ECGError(f"cannot read {path} ({type(exc).__name__}: {str(exc)[:80]}); it should hold 'val', "
+                       f"leads x samples") from None
+    if val.shape != (len(header.leads), header.samples):
+        raise ECGError(f"{path} holds {val.shape[0]} x {val.shape[1]} values but its header says "
+                       f"{len(header.leads)} leads x {header.samples} samples")
+    missing = [lead for lead in LEADS if lead not in header.leads]
+    if missing:
+        raise ECGError(f"{folder / header.record}.hea lacks lead(s) {', '.join(missing)}; twelve leads are needed")
+    order = [header.leads.index(lead) for lead in LEADS]
+    mv = (val[order].astype(np.float64) - header.baselines[order, None]) / header.gains[order, None]
+    return mv.astype(np.float32)
+
+
+def resample(signal: np.ndarray, fs: float, target: int) -> np.ndarray:
+    """Polyphase resampling of (leads, samples) from ``fs`` to ``target`` Hz."""
+    if fs == target:
+        return signal
+    ratio = Fraction(target) / Fraction(fs).limit_denominator(1000)
+    return resample_poly(signal, ratio.numerator, ratio.denominator, axis=1).astype(np.float32)
+
+
+def read_scoring(folder: Path) -> Scoring:
+    """Scored classes and reward matrix from ``dx_mapping_scored.csv`` and ``weights.csv`` in ``folder``."""
+    mapping, weights_file = folder / "dx_mapping_scored.csv", folder / "weights.csv"
+    for f in (mapping, weights_file):
+        if not f.is_file():
+            raise ECGError(f"{f} is missing; put the Challenge 2020 scoring tables (dx_mapping_scored.csv, "
+                           f"weights.csv) in {folder}")
+    try:
+        scored = pd.read_csv(mapping, dtype=str)
+        abbreviation = dict(zip(scored["SNOMED CT Code"].str.strip(), scored["Abbreviation"].str.strip(), strict=True))
+        table = pd.read_csv(weights_file, index_col=0, dtype=str)
+        values = table.to_numpy(dtype=np.float64)
+        columns = [[c.strip() for c in str(col).split("|")] for col in table.columns]
+    except (KeyError, ValueError, pd.errors.ParserError) as exc:
+        raise ECGError(f"cannot read the scoring tables in {folder} ({exc})") from None
+    if values.shape != (len(columns), len(columns)):
+        raise ECGError(f"{weights_file} is not a square reward matrix ({values.shape[0]} x {len(columns)})")
+    # classes joined by weight 1 off the diagonal are scored as one (the 2020 release lists them separately)
+    groups = [list(c) for c in columns]
+    keep = list(range(len(columns)))
+    for i in range(len(columns)):
+        for j in range(i + 1, len(columns)):
+            if i in keep and j in keep and values[i, j] == 1 and np.array_equal(values[i], values[j]):
+                groups[i] += groups[j]
+                keep.remove(j)
+    codes = [groups[i][0] for i in keep]
+    equivalent = {code: groups[i][0] for i in keep for code in groups[i]}
+    unknown = [c for c in equivalent if c not in abbreviation]
+    if unknown or NORMAL_CODE not in codes:
+        raise ECGError(f"{weights_file} and {mapping} disagree (codes {', '.join(unknown) or NORMAL_CODE}); "
+                       f"use the tables of one Challenge release")
+    names = ["|".join(abbreviation[c] for c in groups[i]) for i in keep]
+    return Scoring(codes, names, equivalent, values[np.ix_(keep, keep)])
+
+
+def source(record: str) -> str:
+    """The source database prefix of a Challenge record name (A, E, HR, JS, ...)."""
+    match = re.match(r"[A-Za-z]+", record)
+    return match.group(0).upper() if match else ""
+
+
+def list_records(folder: Path) -> list[str]:
+    """Names of the records in ``folder`` (headers with a ``.mat`` beside them), sorted."""
+    if not folder.is_dir():
+        raise ECGError(f"no Challenge records: {folder} does not exist; {FILES_HINT}")
+    names = sorted(p.stem for p in folder.glob("*.hea") if p.with_suffix(".mat").is_file())
+    if not names:
+        raise ECGError(f"no Challenge records (X.hea with X.mat) in {folder}; {FILES_HINT}")
+    return names
+
+
+def read_folder(folder: Path, names: list[str], fs: int, progress: bool = True) -> tuple[list[np.ndarray],
+                                                                                     list[Header]]:
+    """Signals (12, samples at ``fs``, mV) and headers of records ``names`` in ``folder``."""
+    signals, headers = [], []
+    for name in tqdm(names, desc="reading records", unit="record", leave=False, disable=None if progress else True):
+        header = read_header(folder / f"{name}.hea")
+        signals.append(resample(read_signal(folder, header), header.fs, fs))
+        headers.append(header)
+    return signals, headers
+
+
+def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True) -> dict[str, np.ndarray]:
+    """All records of ``folder`` at ``fs`` Hz: ``signal`` (12, total samples), ``offsets``, ``record``, ``dx``.
+
+    Cached as ``.npz``, keyed by the sampling rate and the names, sizes and times of the files.
+    """
+    names = list_records(folder)
+    stamp = [(n, (folder / f"{n}{e}").stat().st_size, (folder / f"{n}{e}").stat().st_mtime_ns)
+             for n in names for e in (".hea", ".mat")]
+    key = hashlib.sha256(repr((CACHE_VERSION, fs, str(folder.resolve()), stamp)).encode()).hexdigest()[:12]
+
+    def build() -> dict[str, np.ndarray]:
+        signals, headers = read_folder(folder, names, fs, progress)
+        offsets = np.cumsum([0] + [s.shape[1] for s in signals])
+        return {"signal": np.concatenate(signals, axis=1), "offsets": offsets, "record": np.array(names),
+                "dx": np.array([",".join(h.dx) for h in headers])}
+
+    return cached_arrays(cache_dir / f"cinc2020_{fs}hz_{key}.npz", build)
+
+
+def record_split(labels: np.ndarray, records: np.ndarray, protocol: str, seed: int) -> dict[str, np.ndarray]:
+    """Record indices of train/val/test: ``records`` stratified (multi-label), or ``source-X`` tests on source X."""
+    every = np.arange(len(records))
+    if protocol == "records":
+        rest, test = multilabel_holdout(labels, TEST_FRAC, seed)
+    else:
+        prefix = protocol.removeprefix("source-")
+        held = np.array([source(r) == prefix for r in records])
+        if not held.any() or held.all():
+            found = sorted({source(r) for r in records})
+            raise ECGError(f"--split {protocol}: the records hold sources {', '.join(found)}; holding out "
+                           f"{prefix} leaves {'no test' if not held.any() else 'no training'} records")
+        rest, test = every[~held], every[held]
+    kept, val = multilabel_holdout(labels[rest], VAL_FRAC, seed)
+    return {"train": rest[kept], "val": rest[val], "test": test}
+
+
+def _split_from_manifest(records: np.ndarray, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
+    index = {r: i for i, r in enumerate(records)}
+    try:
+        split = {k: np.array([index[r] for r in manifest[k]], dtype=np.int64) for k in ("train", "val", "test")}
+    except KeyError as exc:
+        raise ECGError(f"the run's splits.json names record {exc} that is not in the data folder; restore the "
+                       f"records or start a new run with --version bump") from None
+    except TypeError:
+        raise ECGError("the run's splits.json does not list records per split; restore it or start a new run "
+                       "with --version bump") from None
+    return split
+
+
+def build(raw_dir: Path, cache_dir: Path, *, split_seed: int, protocol: str = "records", fs: int = 500,
+          seq_len: float = 10.0, saved_manifest: dict | None = None, data_url: str | None = None,
+          progress: bool = True) -> DataSplits:
+    """Train/val/test record datasets of the Challenge 2020 scored classes (equivalent classes merged)."""
+    if data_url:
+        where = "in " + str(raw_dir / "records")
+        raise ECGError(f"--data-url is for MIT-BIH and ptb; for cinc2020 {FILES_HINT.replace('there', where)}")
+    scoring = read_scoring(raw_dir / "scoring")
+    data = load_records(raw_dir / "records", cache_dir, fs, progress)
+    records = data["record"]
+    labels = np.stack([scoring.multi_hot(str(d).split(",")) for d in data["dx"]])
+    if saved_manifest is not None:
+        if saved_manifest.get("protocol") != protocol or saved_manifest.get("preprocess", {}).get("fs") != fs:
+            raise ECGError(f"the run's splits.json holds a {saved_manifest.get('protocol')} split at "
+                           f"{saved_manifest.get('preprocess', {}).get('fs')} Hz; check --split and --fs")
+        split = _split_from_manifest(records, saved_manifest)
+    else:
+        split = record_split(labels, records, protocol, split_seed)
+    window = int(round(seq_len * fs))
+    preprocess = {"fs": fs, "window": window, "stride": window // 2, "leads": LEADS, "units": "mV"}
+    manifest = saved_manifest or {
+        "database": "PhysioNet/CinC Challenge 2020", "protocol": protocol, "split_seed": split_seed,
+        "preprocess": preprocess, "classes": scoring.codes, "class_names": scoring.abbreviations,
+        "sources": {k: sorted({source(r) for r in records[v]}) for k, v in split.items()},
+        **{k: records[v].tolist() for k, v in split.items()}}
+    offsets = data["offsets"]
+
+    def subset(idx: np.ndarray, train: bool) -> RecordDataset:
+        signals = [data["signal"][:, offsets[i]:offsets[i + 1]] for i in idx]
+        return RecordDataset(signals, labels[idx], scoring.codes, window, random_crop=train,
+                             stride=preprocess["stride"], meta={"record": records[idx]})
+
+    return DataSplits(subset(split["train"], True), subset(split["val"], False), subset(split["test"], False),
+                      manifest, multilabel=True, selection="challenge", preprocess=preprocess,
+                      challenge_weights=scoring.weights, normal_index=scoring.normal_index)
+
+
+def write_output(path: Path, record: str, codes: list[str], labels: np.ndarray, probs: np.ndarray) -> None:
+    """One Challenge output file: ``#record``, the class codes, binary labels and probabilities, comma-separated."""
+    text = "\n".join([f"#{record}", ",".join(codes), ",".join(str(int(v)) for v in labels),
+                      ",".join(f"{float(p):.6f}" for p in probs)]) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def read_output(path: Path) -> tuple[str, list[str], np.ndarray, np.ndarray]:
+    """Parse a Challenge output file back into (record, codes, labels, probabilities)."""
+    lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if len(lines) != 4 or not lines[0].startswith("#"):
+        raise ECGError(f"{path} is not a Challenge output file (#record, classes, labels, probabilities)")
+    codes = [c.strip() for c in lines[1].split(",")]
+    labels = np.array([int(v) for v in lines[2].split(",")])
+    probs = np.array([float(v) for v in lines[3].split(",")])
+    return lines[0][1:].strip(), codes, labels, probs
