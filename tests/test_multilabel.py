@@ -314,6 +314,9 @@ def test_ptbxl_trains_and_tests_through_commander(tmp_path: Path) -> None:
         json.loads((run / "splits.json").read_text())["test"])
     state = torch.load(run / "model_best.pth.tar", weights_only=True)
     assert state["in_channels"] == 12 and state["preprocess"]["fs"] == 100 and len(state["thresholds"]) == 5
+    driver = subprocess.run([sys.executable, str(REPO / "driver.py"), str(tmp_path), str(tmp_path / "out"), "--run",
+                             str(run)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert "was trained on --dataset ptbxl" in one_line_error(driver) and not (tmp_path / "out").exists()
 
 
 def test_multilabel_resume_is_exact(tmp_path: Path) -> None:
