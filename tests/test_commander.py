@@ -144,6 +144,24 @@ def test_notebook_runs_on_a_real_run_folder(root: Path, monkeypatch) -> None:
     assert int(namespace["counts"].loc["N", "test"]) == 18126
 
 
+def test_data_exploration_notebook_executes_on_a_short_run(root: Path, cache_root: Path, monkeypatch) -> None:
+    import nbclient
+    import nbformat
+
+    assert cli(root, "--epochs", "2") == 0
+    assert cli(root, "--test", "--version", "latest") == 0
+    monkeypatch.setenv("RUN_DIR", str(root / "ecg" / "runs" / f"{RUN}_1"))
+    monkeypatch.setenv("CACHE_DIR", str(cache_root / "cache"))
+    notebook = nbformat.read(REPO / "notebooks" / "data_exploration.ipynb", as_version=4)
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    text = "\n".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
+    images = sum("image/png" in o.get("data", {}) for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
+    assert "N  90631" in text and "F    803" in text  # class counts of the real extraction
+    assert "test_best_metrics.json: accuracy" in text and "1280 test beats" in text  # --short-run: 10 batches of 128
+    assert images >= 4  # class bars, example beats, curves, confusion matrices
+
+
 def test_inter_patient_run_reports_per_class_scores(root: Path, capsys) -> None:
     assert cli(root, "--split", "inter", "--epochs", "1") == 0
     out = capsys.readouterr().out

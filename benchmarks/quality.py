@@ -1,0 +1,116 @@
+"""Train and test named configurations through commander.py, several seeds each, and print a Markdown table.
+
+    python benchmarks/quality.py CONFIG [CONFIG ...] [--seeds 0 1 2] [--root-dir bench_runs]
+    python benchmarks/quality.py --list
+
+Each seed is a new version of the run (``--seed S --version bump``), tested with ``--test --resume best``
+on the split's test set (model selection sees validation data only). Rows give mean +- sd over seeds.
+Needs the data under ``$ECG_DATA_ROOT`` (or ``<root-dir>/<db>``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import commander  # noqa: E402
+from args import existing_versions, parse_args, run_name  # noqa: E402
+
+# name -> flags of commander.py (the published configurations)
+CONFIGS: dict[str, list[str]] = {
+    "intra-cnn1d_3": ["--dataset", "ecg", "--model-name", "cnn1d_3"],
+    "intra-resnet1d_10": ["--dataset", "ecg", "--model-name", "resnet1d_10"],
+    "inter-resnet1d_10": ["--dataset", "ecg", "--split", "inter", "--model-name", "resnet1d_10"],
+    "inter-resnet1d_10-sampler": ["--dataset", "ecg", "--split", "inter", "--model-name", "resnet1d_10",
+                                  "--sampler", "importance"],
+    "ptbxl-cnn1d_3": ["--dataset", "ptbxl", "--model-name", "cnn1d_3", "--batch-size", "32", "--epochs", "30"],
+    "cinc2020-cnn1d_3": ["--dataset", "cinc2020", "--model-name", "cnn1d_3", "--batch-size", "16", "--epochs", "30"],
+}
+
+
+def run_seed(flags: list[str], seed: int, root: Path) -> dict:
+    """Train and test one seed; the test metrics plus parameters, epochs and training minutes."""
+    common = [*flags, "--root-dir", str(root)]
+    if commander.main([*common, "--seed", str(seed), "--version", "bump"]) != 0:
+        raise SystemExit(f"training failed: {shlex.join(common)} --seed {seed}")
+    args = parse_args(common)
+    name = run_name(args)
+    run = root / args.dataset / "runs" / f"{name}_{existing_versions(root / args.dataset / 'runs', name)[-1]}"
+    if commander.main([*common, "--test", "--version", run.name.rsplit("_", 1)[1]]) != 0:
+        raise SystemExit(f"testing failed: {run}")
+    metrics = json.loads((run / "pred" / "test_best_metrics.json").read_text())
+    log = json.loads((run / "logger.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    minutes = sum(r["seconds"] for r in log["train"]) / 60 + sum(r["seconds"] for r in log["val"]) / 60
+    return {"metrics": metrics, "params": config["model"]["parameters"], "epochs": len(log["train"]),
+            "minutes": minutes, "run": run.name}
+
+
+def mean_sd(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
+    values = [v * scale for v in values]
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def row(config: str, flags: list[str], results: list[dict]) -> tuple[str, str]:
+    """(header, row) of the Markdown table for one configuration."""
+    m = [r["metrics"] for r in results]
+    head = ["config", "seeds", "params", "epochs", "train+val min"]
+    cells = [f"`{config}`", str(len(results)), f"{results[0]['params'] / 1e3:.0f} k", str(results[0]["epochs"]),
+             mean_sd([r["minutes"] for r in results], digits=1)]
+    if "macro_auroc" in m[0]:  # multi-label
+        keys = ["macro_auroc", "macro_auprc", "accuracy", "macro_f1"] + (["challenge"] if "challenge" in m[0] else [])
+        head += keys
+        cells += [mean_sd([x[k] for x in m]) for k in keys]
+    else:
+        head += ["accuracy %", "macro-F1"] + [f"F1 {c}" for c in m[0]["per_class"]]
+        cells += [mean_sd([x["accuracy"] for x in m], 100, 2), mean_sd([x["macro_f1"] for x in m])]
+        cells += [mean_sd([x["per_class"][c]["f1"] for x in m]) for c in m[0]["per_class"]]
+        if "inter" in flags:
+            for c in ("S", "V"):
+                head += [f"{c} Se", f"{c} +P"]
+                cells += [mean_sd([x["per_class"][c]["recall"] for x in m]),
+                          mean_sd([x["per_class"][c]["precision"] for x in m])]
+    return "| " + " | ".join(head) + " |", "| " + " | ".join(cells) + " |"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("configs", nargs="*", help=f"from: {', '.join(CONFIGS)}")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--root-dir", type=Path, default=Path("bench_runs"))
+    p.add_argument("--list", action="store_true", help="print the configurations and their flags")
+    args = p.parse_args()
+    if args.list or not args.configs:
+        for name, flags in CONFIGS.items():
+            print(f"{name}: python commander.py {shlex.join(flags)}")
+        return
+    unknown = [c for c in args.configs if c not in CONFIGS]
+    if unknown:
+        p.error(f"unknown configuration(s) {', '.join(unknown)}; --list shows them")
+    tables: dict[str, list[str]] = {}
+    commands = []
+    for config in args.configs:
+        results = [run_seed(CONFIGS[config], seed, args.root_dir) for seed in args.seeds]
+        head, line = row(config, CONFIGS[config], results)
+        tables.setdefault(head, []).append(line)
+        commands.append(f"python commander.py {shlex.join(CONFIGS[config])} --seed S  # then --test; "
+                        f"runs {', '.join(r['run'] for r in results)}")
+    print(f"\n# Quality, {time.strftime('%Y-%m-%d')}, {platform.machine()}, seeds {args.seeds}\n")
+    print(f"`python benchmarks/quality.py {' '.join(args.configs)} --seeds {' '.join(map(str, args.seeds))}`\n")
+    for head, lines in tables.items():
+        print(head)
+        print("|" + "---|" * head.count(" | ") + "---|")
+        print("\n".join(lines) + "\n")
+    print("\n".join(commands))
+
+
+if __name__ == "__main__":
+    main()
