@@ -23,6 +23,13 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except ``None`` (whose meaning the help text spells out)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def word_or_number(kind: str):
     """Argument type for ``latest|best|bump`` style words or a positive integer."""
     words = {"version": ("latest", "bump"), "resume": ("best", "latest")}[kind]
@@ -63,7 +70,7 @@ def _non_negative_int(text: str) -> int:
 def get_args_parser() -> argparse.ArgumentParser:
     """The commander's parser, in argument groups; reusable by other scripts."""
     p = OneLineParser(prog="commander.py", description="Train and evaluate deep-learning ECG classifiers.",
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                      formatter_class=DefaultsHelpFormatter)
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="ecg", choices=list(DATASETS),

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import trainer
-from args import OneLineParser, word_or_number
+from args import DefaultsHelpFormatter, OneLineParser, word_or_number
 from loaders import RecordDataset, make_dataloader
 from loaders.cinc2020 import list_records, read_folder, write_output
 from models import get_model
@@ -28,7 +28,7 @@ from toolbox.utils import ECGError, ensure_writable, setup_env
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="driver.py", description="Write Challenge 2020 output files for a folder of records.",
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                      formatter_class=DefaultsHelpFormatter)
     p.add_argument("input_dir", type=Path, help="folder of Challenge-format records (X.hea + X.mat)")
     p.add_argument("output_dir", type=Path, help="folder for the output files X.csv (must not hold them already)")
     p.add_argument("--run", required=True, type=Path, help="run folder of a model trained with --dataset cinc2020")
