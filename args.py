@@ -189,9 +189,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if args.threshold_metric == "challenge" and args.dataset != "cinc2020":
             parser.error("--threshold-metric challenge needs the Challenge 2020 reward table (--dataset cinc2020)")
     else:
-        given = [flag for flag, value in (("--fs", args.fs), ("--threshold-metric", args.threshold_metric),
-                                          ("--seq-len", args.seq_len != parser.get_default("seq_len") or None))
-                 if value is not None]
+        given = [flag for flag, name in (("--fs", "fs"), ("--seq-len", "seq_len"),
+                                         ("--threshold-metric", "threshold_metric"))
+                 if getattr(args, name) != parser.get_default(name)]
         if given:
             parser.error(f"{given[0]} applies to the record datasets (cinc2020, ptbxl), not to {args.dataset}")
         args.criterion = args.criterion or "crossentropy"

@@ -15,7 +15,7 @@ import torch
 import trainer
 from args import check_num_classes, get_args_parser, parse_args, run_name, select_run
 from loaders import DataSplits, get_loader, make_dataloader, raw_dir
-from loaders.cinc2020 import write_output
+from loaders.cinc2020 import write_outputs
 from models import get_model
 from toolbox import checkpoint
 from toolbox.logger import RunLogger, save_multilabel_predictions, save_predictions
@@ -141,10 +141,7 @@ def test_multilabel(args: argparse.Namespace, run_dir: Path, path: Path, state: 
                              title=f"{run_dir.name}\n{path.name}, epoch {state['epoch']}")
     challenge = ""
     if data.challenge_weights is not None:
-        out_dir = pred_dir / "challenge"
-        outputs = probs >= np.array(thresholds)[None, :]
-        for record, labels, p in zip(records, outputs, probs, strict=True):
-            write_output(out_dir / f"{record}.csv", str(record), data.classes, labels, p)
+        write_outputs(pred_dir / "challenge", records, data.classes, probs, thresholds)
         challenge = f"  Challenge metric {metrics['challenge']:.4f}"
     print(f"test ({path.name}, epoch {state['epoch']}, {len(targets)} records): "
           f"macro AUROC {metrics['macro_auroc']:.4f}  macro AUPRC {metrics['macro_auprc']:.4f}  "

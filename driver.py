@@ -20,7 +20,7 @@ import torch
 import trainer
 from args import DefaultsHelpFormatter, OneLineParser, word_or_number
 from loaders import RecordDataset, make_dataloader
-from loaders.cinc2020 import list_records, read_folder, write_output
+from loaders.cinc2020 import list_records, read_folder, write_outputs
 from models import get_model
 from toolbox import checkpoint
 from toolbox.utils import ECGError, ensure_writable, setup_env
@@ -64,9 +64,7 @@ def run(args: argparse.Namespace) -> int:
                             prep["window"], random_crop=False, stride=prep["stride"])
     probs = trainer.predict(model, make_dataloader(dataset, args.batch_size), device,
                             amp=bool(state.get("args", {}).get("amp", True)))
-    labels = probs >= np.array(thresholds)[None, :]
-    for name, row, p in zip(names, labels, probs, strict=True):
-        write_output(args.output_dir / f"{name}.csv", name, classes, row, p)
+    write_outputs(args.output_dir, names, classes, probs, thresholds)
     print(f"{len(names)} output files in {args.output_dir} ({path.name} of {args.run.name}, epoch {state['epoch']})")
     return 0
 

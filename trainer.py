@@ -19,7 +19,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from toolbox.metrics import MultiLabelTask, classification_metrics, multilabel_metrics, select_thresholds
+from toolbox.metrics import (
+    MultiLabelTask,
+    classification_metrics,
+    decision_scores,
+    multilabel_metrics,
+    select_thresholds,
+)
 from toolbox.utils import ECGError
 
 
@@ -71,7 +77,7 @@ def train(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer:
         targets.append(y)
     out, tgt = torch.cat(outputs).cpu().numpy(), torch.cat(targets).cpu().numpy()
     if multilabel:
-        metrics = multilabel_metrics(tgt, out.astype(np.float64), np.full(len(classes), 0.5), classes)
+        metrics = decision_scores(tgt, out)
     else:
         metrics = classification_metrics(tgt, out, classes)
     return {"loss": loss_sum / max(n, 1), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],

@@ -8,9 +8,9 @@ are ignored. The scoring tables are read from the data folder, never copied into
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -22,7 +22,7 @@ import scipy.io
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
-from loaders.dataset import DataSplits, RecordDataset, cached_arrays, multilabel_holdout
+from loaders.dataset import DataSplits, RecordDataset, cache_key, cached_arrays, multilabel_holdout
 from toolbox.utils import ECGError, atomic_write
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,10 @@ NORMAL_CODE = "426783006"  # sinus rhythm: the class an "always normal" classifi
 SOURCES = {"A": "CPSC 2018", "Q": "CPSC-Extra", "I": "St Petersburg INCART", "S": "PTB", "HR": "PTB-XL",
            "E": "Georgia", "JS": "Chapman-Shaoxing/Ningbo"}
 TEST_FRAC, VAL_FRAC = 0.2, 0.2  # of all records; of the rest
-FILES_HINT = ("put Challenge-format records (X.hea + X.mat) there; they are the PhysioNet/CinC Challenge 2020-2021 "
-              "training data at physionet.org/content/challenge-2021")
+def files_hint(folder: Path) -> str:
+    """What to put where when records are missing (nothing is downloaded for this database)."""
+    return (f"put Challenge-format records (X.hea + X.mat) in {folder}; they are the PhysioNet/CinC Challenge "
+            f"2020-2021 training data at physionet.org/content/challenge-2021")
 CACHE_VERSION = 1
 
 
@@ -184,10 +186,10 @@ def source(record: str) -> str:
 def list_records(folder: Path) -> list[str]:
     """Names of the records in ``folder`` (headers with a ``.mat`` beside them), sorted."""
     if not folder.is_dir():
-        raise ECGError(f"no Challenge records: {folder} does not exist; {FILES_HINT}")
+        raise ECGError(f"no Challenge records: {folder} does not exist; {files_hint(folder)}")
     names = sorted(p.stem for p in folder.glob("*.hea") if p.with_suffix(".mat").is_file())
     if not names:
-        raise ECGError(f"no Challenge records (X.hea with X.mat) in {folder}; {FILES_HINT}")
+        raise ECGError(f"no Challenge records (X.hea with X.mat) in {folder}; {files_hint(folder)}")
     return names
 
 
@@ -210,7 +212,7 @@ def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True) 
     names = list_records(folder)
     stamp = [(n, (folder / f"{n}{e}").stat().st_size, (folder / f"{n}{e}").stat().st_mtime_ns)
              for n in names for e in (".hea", ".mat")]
-    key = hashlib.sha256(repr((CACHE_VERSION, fs, str(folder.resolve()), stamp)).encode()).hexdigest()[:12]
+    key = cache_key(CACHE_VERSION, fs, str(folder.resolve()), stamp)
 
     def build() -> dict[str, np.ndarray]:
         signals, headers = read_folder(folder, names, fs, progress)
@@ -256,8 +258,7 @@ def build(raw_dir: Path, cache_dir: Path, *, split_seed: int, protocol: str = "r
           progress: bool = True) -> DataSplits:
     """Train/val/test record datasets of the Challenge 2020 scored classes (equivalent classes merged)."""
     if data_url:
-        where = "in " + str(raw_dir / "records")
-        raise ECGError(f"--data-url is for MIT-BIH and ptb; for cinc2020 {FILES_HINT.replace('there', where)}")
+        raise ECGError(f"--data-url is for MIT-BIH and ptb; for cinc2020 {files_hint(raw_dir / 'records')}")
     scoring = read_scoring(raw_dir / "scoring")
     data = load_records(raw_dir / "records", cache_dir, fs, progress)
     records = data["record"]
@@ -293,6 +294,14 @@ def write_output(path: Path, record: str, codes: list[str], labels: np.ndarray, 
     text = "\n".join([f"#{record}", ",".join(codes), ",".join(str(int(v)) for v in labels),
                       ",".join(f"{float(p):.6f}" for p in probs)]) + "\n"
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_outputs(folder: Path, records: Sequence[str], codes: list[str], probs: np.ndarray,
+                  thresholds: Sequence[float]) -> None:
+    """``folder/<record>.csv`` for every record: labels are the probabilities at or above ``thresholds``."""
+    labels = probs >= np.asarray(thresholds)[None, :]
+    for record, row, p in zip(records, labels, probs, strict=True):
+        write_output(folder / f"{record}.csv", str(record), codes, row, p)
 
 
 def read_output(path: Path) -> tuple[str, list[str], np.ndarray, np.ndarray]:

@@ -1,6 +1,7 @@
 """In-memory ECG datasets and the DataLoader that feeds them in whole batches."""
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,11 @@ def holdout(idx: np.ndarray, labels: np.ndarray, frac: float, seed: int) -> tupl
     """Stratified, seeded: (kept, held out) sorted indices of ``idx``, about ``frac`` of them held out."""
     kept, held = train_test_split(idx, test_size=frac, stratify=labels, random_state=seed)
     return np.sort(kept), np.sort(held)
+
+
+def cache_key(*parts: Any) -> str:
+    """A short digest of everything a cache file depends on (parameters, file names, sizes, times)."""
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
 
 def cached_arrays(cache: Path, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -146,7 +152,7 @@ class RecordDataset(Dataset):
             raise ValueError(f"expected one multi-hot row of {len(classes)} per record, got {labels.shape} "
                              f"for {len(signals)} records")
         self.signals = [torch.as_tensor(_pad_to(s, window), dtype=torch.float32) for s in signals]
-        self.targets = torch.as_tensor(labels, dtype=torch.float32)
+        self.labels = torch.as_tensor(labels, dtype=torch.float32)  # multi-hot, per record
         self.classes = list(classes)
         self.window = window
         self.random_crop = random_crop
@@ -164,32 +170,27 @@ class RecordDataset(Dataset):
     def in_channels(self) -> int:
         return int(self.signals[0].shape[0]) if self.signals else 0
 
-    @property
-    def labels(self) -> torch.Tensor:
-        """Multi-hot labels per record."""
-        return self.targets
-
     def class_counts(self) -> np.ndarray:
         """Number of records carrying each class."""
-        return self.targets.sum(dim=0).numpy().astype(np.int64)
+        return self.labels.sum(dim=0).numpy().astype(np.int64)
 
     def __len__(self) -> int:
         return len(self.groups)
 
-    def _window(self, i: int) -> torch.Tensor:
-        record = self.signals[self.groups[i]]
-        if self.random_crop:
-            start = int(torch.randint(record.shape[1] - self.window + 1, ()).item())
-        else:
-            start = int(self.starts[i])
-        return record[:, start:start + self.window]
-
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._window(i), self.targets[self.groups[i]]
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.stack([self._window(i) for i in indices])
-        return x, self.targets[torch.as_tensor(self.groups[indices], dtype=torch.long)]
+        """A batch of windows; random crops draw all their offsets in one call."""
+        records = self.groups[indices]
+        if self.random_crop:
+            room = torch.as_tensor([self.signals[r].shape[1] - self.window + 1 for r in records])
+            starts = (torch.rand(len(records)) * room).long().tolist()
+        else:
+            starts = self.starts[indices].tolist()
+        x = torch.stack([self.signals[r][:, s:s + self.window] for r, s in zip(records, starts, strict=True)])
+        return x, self.labels[torch.as_tensor(records, dtype=torch.long)]
 
 
 def _pad_to(signal: np.ndarray, length: int) -> np.ndarray:

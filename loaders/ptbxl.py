@@ -18,7 +18,7 @@ import wfdb
 from tqdm import tqdm
 
 from loaders.cinc2020 import LEADS, resample
-from loaders.dataset import DataSplits, RecordDataset, cached_arrays
+from loaders.dataset import DataSplits, RecordDataset, cache_key, cached_arrays
 from toolbox.utils import ECGError
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,10 @@ log = logging.getLogger(__name__)
 SUPERCLASSES = ["NORM", "MI", "STTC", "CD", "HYP"]
 FOLDS = {"train": list(range(1, 9)), "val": [9], "test": [10]}
 NATIVE_FS = 100  # records100/ (the low-rate copies); records500/ is used when --fs asks for more than 100 Hz
-FILES_HINT = "put PTB-XL there (ptbxl_database.csv, scp_statements.csv, records100/) from physionet.org/content/ptb-xl"
+def files_hint(folder: Path) -> str:
+    """What to put where when PTB-XL files are missing."""
+    return (f"put PTB-XL in {folder} (ptbxl_database.csv, scp_statements.csv, records100/) "
+            f"from physionet.org/content/ptb-xl")
 CACHE_VERSION = 1
 
 
@@ -35,7 +38,7 @@ def read_tables(folder: Path) -> tuple[pd.DataFrame, dict[str, str]]:
     db_file, scp_file = folder / "ptbxl_database.csv", folder / "scp_statements.csv"
     for f in (db_file, scp_file):
         if not f.is_file():
-            raise ECGError(f"{f} is missing; {FILES_HINT.replace('there', 'in ' + str(folder))}")
+            raise ECGError(f"{f} is missing; {files_hint(folder)}")
     try:
         db = pd.read_csv(db_file, index_col="ecg_id")
         scp = pd.read_csv(scp_file, index_col=0)
@@ -65,7 +68,7 @@ def _read_record(folder: Path, rel: str) -> np.ndarray:
     """One record's twelve leads in the standard order, in mV, float32 (12, samples)."""
     path = folder / rel
     if not path.with_suffix(".hea").is_file():
-        raise ECGError(f"PTB-XL record {path}.hea is missing; {FILES_HINT.replace('there', 'in ' + str(folder))}")
+        raise ECGError(f"PTB-XL record {path}.hea is missing; {files_hint(folder)}")
     try:
         rec = wfdb.rdrecord(str(path))
     except Exception as exc:  # wfdb raises many types for damaged files
@@ -89,7 +92,7 @@ def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True) 
     column = "filename_lr" if fs <= NATIVE_FS else "filename_hr"
     native = NATIVE_FS if column == "filename_lr" else 500
     stamp = hashlib.sha256((folder / "ptbxl_database.csv").read_bytes()).hexdigest()
-    key = hashlib.sha256(repr((CACHE_VERSION, fs, str(folder.resolve()), stamp)).encode()).hexdigest()[:12]
+    key = cache_key(CACHE_VERSION, fs, str(folder.resolve()), stamp)
 
     def build() -> dict[str, np.ndarray]:
         rows = db[keep]
@@ -107,8 +110,7 @@ def build(raw_dir: Path, cache_dir: Path, *, split_seed: int, protocol: str = "f
           progress: bool = True) -> DataSplits:
     """Train/val/test datasets of PTB-XL's five diagnostic superclasses on its recommended folds."""
     if data_url:
-        where = "in " + str(raw_dir)
-        raise ECGError(f"--data-url is for MIT-BIH and ptb; for ptbxl {FILES_HINT.replace('there', where)}")
+        raise ECGError(f"--data-url is for MIT-BIH and ptb; for ptbxl {files_hint(raw_dir)}")
     data = load_records(raw_dir, cache_dir, fs, progress)
     split = fold_split(data["fold"])
     if saved_manifest is not None:

@@ -83,6 +83,14 @@ def _f1(targets: np.ndarray, outputs: np.ndarray) -> np.ndarray:
     return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
 
 
+def decision_scores(targets: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
+    """Exact-match accuracy and macro F-measure (over classes present in targets or outputs) of boolean decisions."""
+    targets, outputs = np.asarray(targets, dtype=bool), np.asarray(outputs, dtype=bool)
+    scored = (targets.sum(0) + outputs.sum(0)) > 0
+    return {"accuracy": float((targets == outputs).all(axis=1).mean()) if len(targets) else 0.0,
+            "macro_f1": float(_f1(targets, outputs)[scored].mean()) if scored.any() else 0.0}
+
+
 def select_thresholds(targets: np.ndarray, probs: np.ndarray, objective: str = "f1", *,
                       weights: np.ndarray | None = None, normal_index: int | None = None) -> np.ndarray:
     """Per-class decision thresholds chosen on validation data from ``THRESHOLD_GRID``.
@@ -98,9 +106,10 @@ def select_thresholds(targets: np.ndarray, probs: np.ndarray, objective: str = "
         thresholds[c] = THRESHOLD_GRID[best[np.argmin(np.abs(THRESHOLD_GRID[best] - 0.5))]]  # ties: nearest 0.5
     if objective == "f1":
         return thresholds
-    if objective != "challenge" or weights is None or normal_index is None:
-        raise ValueError(f"threshold objective {objective!r} needs the Challenge weights" if objective == "challenge"
-                         else f"unknown threshold objective {objective!r}")
+    if objective != "challenge":
+        raise ValueError(f"unknown threshold objective {objective!r}")
+    if weights is None or normal_index is None:
+        raise ValueError("the challenge threshold objective needs the Challenge weights and normal class")
 
     def score(th: np.ndarray) -> float:
         return challenge_metric(weights, targets, probs >= th, normal_index)
@@ -132,15 +141,13 @@ def multilabel_metrics(targets: np.ndarray, probs: np.ndarray, thresholds: np.nd
              for c in range(len(classes))]
     f1 = _f1(targets, outputs)
     tp, pos, out = (targets & outputs).sum(0), targets.sum(0), outputs.sum(0)
-    scored = (pos + out) > 0
 
     def mean(values: list[float | None]) -> float:
         kept = [v for v in values if v is not None]
         return float(np.mean(kept)) if kept else float("nan")
 
     metrics = {
-        "accuracy": float((targets == outputs).all(axis=1).mean()) if len(targets) else 0.0,  # exact match
-        "macro_f1": float(f1[scored].mean()) if scored.any() else 0.0,
+        **decision_scores(targets, outputs),
         "macro_auroc": mean(auroc),
         "macro_auprc": mean(auprc),
         "per_class": {c: {"precision": float(tp[k] / out[k]) if out[k] else 0.0,
