@@ -9,6 +9,7 @@ from typing import NoReturn
 
 from loaders import DATASETS
 from models import MODELS
+from toolbox.augment import AUGMENTATIONS
 from toolbox.checkpoint import LAST
 from toolbox.losses import BALANCE_POWERS, CRITERIA
 from toolbox.metrics import THRESHOLD_OBJECTIVES
@@ -24,10 +25,11 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each flag's default, except ``None`` (whose meaning the help text spells out)."""
+    """Shows each flag's default, except ``None`` (whose meaning the help text spells out), off and empty."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        return action.help if action.default is None else super()._get_help_string(action)
+        hidden = action.default is None or action.default is False or action.default == []
+        return action.help if hidden else super()._get_help_string(action)
 
 
 def word_or_number(kind: str):
@@ -67,6 +69,16 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
+    return value
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """The commander's parser, in argument groups; reusable by other scripts."""
     p = OneLineParser(prog="commander.py", description="Train and evaluate deep-learning ECG classifiers.",
@@ -99,6 +111,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--seq-len", default=10.0, type=_positive(float),
                    help="cinc2020, ptbxl: window length in seconds (random crops for training, sliding windows "
                         "averaged for evaluation; shorter records are zero-padded)")
+    g.add_argument("--rr-features", action="store_true",
+                   help="ecg, ecg_bin: give the network each beat's RR intervals (previous, next, mean of the last 10, "
+                        "and previous / mean of the last 10; divided by the record's mean RR) as 4 per-beat features "
+                        "joined with the network's output")
+    g.add_argument("--augment", default=[], nargs="+", choices=list(AUGMENTATIONS), metavar="KIND",
+                   help="augment training batches: scale (amplitude x0.8-1.2), noise (Gaussian, sd up to 5%% of "
+                        "the example's), wander (slow sinusoid up to 10%%), shift (up to 5%% of the length); "
+                        f"choose from {', '.join(AUGMENTATIONS)}")
 
     g = p.add_argument_group("model")
     g.add_argument("--model-name", default="resnet1d_10", choices=list(MODELS), help="architecture")
@@ -146,6 +166,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "to maximise this (default: challenge for cinc2020, f1 for ptbxl)")
     g.add_argument("--sampler", default=None, choices=list(BALANCE_POWERS),
                    help="draw training examples per class: equal ~ 1/n_c, importance ~ 1/sqrt(n_c)")
+    g.add_argument("--label-smoothing", default=0.0, type=_fraction, metavar="EPS",
+                   help="crossentropy: mix each one-hot target with the uniform distribution by EPS (e.g. 0.1)")
 
     g = p.add_argument_group("misc")
     g.add_argument("--seed", default=0, type=int, help="seed of weights, shuffling and sampling")
@@ -168,6 +190,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--pretrained loads weights only and --resume a whole run; use one of them")
     if args.test and args.pretrained:
         parser.error("--test evaluates a run's own checkpoint; use --resume best|latest|N, not --pretrained")
+    args.augment = sorted(set(args.augment), key=list(AUGMENTATIONS).index)
+    if args.rr_features and DATASETS[args.dataset].db != "mitdb":
+        parser.error(f"--rr-features applies to the MIT-BIH beats (ecg, ecg_bin), not to {args.dataset}")
     if args.test and args.resume is None:
         args.resume = "best"
     if args.version is None:
@@ -197,6 +222,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.criterion = args.criterion or "crossentropy"
         if args.criterion == "bce":
             parser.error(f"--criterion bce is for multi-label datasets; --dataset {args.dataset} is single-label")
+    if args.label_smoothing and args.criterion != "crossentropy":
+        parser.error(f"--label-smoothing applies to --criterion crossentropy, not {args.criterion}")
     return args
 
 
@@ -210,6 +237,12 @@ def run_name(args: argparse.Namespace) -> str:
         parts.append(f"cb-{args.class_balance}")
     if args.sampler:
         parts.append(f"sampler-{args.sampler}")
+    if args.rr_features:
+        parts.append("rr")
+    if args.augment:
+        parts.append("aug-" + "+".join(args.augment))
+    if args.label_smoothing:
+        parts.append(f"ls{args.label_smoothing:g}")
     return "_".join(parts)
 
 

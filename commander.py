@@ -18,6 +18,7 @@ from loaders import DataSplits, get_loader, make_dataloader, raw_dir
 from loaders.cinc2020 import write_outputs
 from models import get_model
 from toolbox import checkpoint
+from toolbox.augment import Augmenter
 from toolbox.logger import RunLogger, save_multilabel_predictions, save_predictions
 from toolbox.losses import class_weights, get_criterion, positive_weights
 from toolbox.metrics import MultiLabelTask, multilabel_table, per_class_table
@@ -65,21 +66,23 @@ def run(args: argparse.Namespace) -> int:
     splits_file = run_dir / "splits.json"
     manifest = read_json(splits_file) if splits_file.is_file() else None
     raw = raw_dir(spec.db, args.root_dir)
-    windows = {"fs": args.fs, "seq_len": args.seq_len} if spec.multilabel else {}
+    extra = {"fs": args.fs, "seq_len": args.seq_len} if spec.multilabel else {}
+    if args.rr_features:
+        extra["rr_features"] = True
     data = spec.build(raw, args.root_dir / "cache", split_seed=args.split_seed, protocol=args.split,
-                      saved_manifest=manifest, data_url=args.data_url, **windows)
+                      saved_manifest=manifest, data_url=args.data_url, **extra)
     check_num_classes(args, data.classes)
     if args.verbose or not args.test:
         print(f"{args.dataset} ({data.manifest['database']}, {data.manifest['protocol']} split): "
               f"examples per class and split\n{data.counts_table()}")
 
-    model = get_model(args.model_name, data.in_channels, len(data.classes)).to(device)
+    model = get_model(args.model_name, data.in_channels, len(data.classes), data.feature_channels).to(device)
     weight = None
     if args.class_balance and data.multilabel:
         weight = positive_weights(data.train.class_counts(), len(data.train.labels), args.class_balance)
     elif args.class_balance:
         weight = class_weights(data.train.class_counts(), args.class_balance)
-    criterion = get_criterion(args.criterion, weight).to(device)
+    criterion = get_criterion(args.criterion, weight, args.label_smoothing).to(device)
     task = MultiLabelTask(args.threshold_metric, data.challenge_weights, data.normal_index) if data.multilabel else None
     if args.test:
         return test_run(args, run_dir, model, criterion, data, device, task)
@@ -202,13 +205,14 @@ def train_run(args: argparse.Namespace, run_dir: Path, model: torch.nn.Module, c
     logger = RunLogger(run_dir, args.tensorboard, start_epoch)
     version = run_dir.name.rsplit("_", 1)[1]
     batch_scheduler = scheduler if args.scheduler in PER_BATCH else None
+    augment = Augmenter(args.augment, data.signal_channels) if args.augment else None
     print(f"run {run_dir}: {args.model_name} ({config['model']['parameters']:,} parameters) on {device}, "
           f"{len(data.train)} train / {len(data.val)} val examples, epochs {start_epoch + 1}-{args.epochs}")
     try:
         for epoch in range(start_epoch + 1, args.epochs + 1):
             tr = trainer.train(model, train_loader, criterion, optimizer, device, epoch, data.classes,
                                batch_scheduler=batch_scheduler, amp=args.amp, max_batches=max_batches,
-                               multilabel=data.multilabel)
+                               multilabel=data.multilabel, augment=augment)
             val, probs, targets = trainer.validate(model, val_loader, criterion, device, data.classes,
                                                    amp=args.amp, max_batches=max_batches, task=task)
             score = val[data.selection] if math.isfinite(val[data.selection]) else -math.inf
@@ -264,6 +268,12 @@ def naming_flags(args: argparse.Namespace) -> list[str]:
         value = getattr(args, name)
         if value != getattr(defaults, name):
             flags += [f"--{name.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
+    if args.rr_features:
+        flags.append("--rr-features")
+    if args.augment:
+        flags += ["--augment", *args.augment]
+    if args.label_smoothing:
+        flags += ["--label-smoothing", f"{args.label_smoothing:g}"]
     return flags
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import contextlib
 import itertools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,14 +51,19 @@ def _probabilities(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
 def train(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
           device: torch.device, epoch: int, classes: Sequence[str], *, batch_scheduler: Any = None,
           amp: bool = False, max_batches: int | None = None, progress: bool = True,
-          multilabel: bool = False) -> dict[str, float]:
-    """Train one epoch; returns loss, accuracy (multi-label: exact match at 0.5), macro-F1, learning rate, seconds."""
+          multilabel: bool = False, augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+    """Train one epoch; returns loss, accuracy (multi-label: exact match at 0.5), macro-F1, learning rate, seconds.
+
+    ``augment`` transforms each training batch on the device before the forward pass.
+    """
     model.train()
     start = time.perf_counter()
     lr = optimizer.param_groups[0]["lr"]
     loss_sum, n, outputs, targets = 0.0, 0, [], []
     for i, (x, y) in _batches(loader, max_batches, f"train {epoch}", progress):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if augment is not None:
+            x = augment(x)
         with _autocast(device, amp):
             logits = model(x)
             loss = criterion(logits.float() if multilabel else logits, y)

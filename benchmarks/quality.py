@@ -27,6 +27,10 @@ from args import existing_versions, parse_args, run_name  # noqa: E402
 CONFIGS: dict[str, list[str]] = {
     "intra-cnn1d_3": ["--dataset", "ecg", "--model-name", "cnn1d_3"],
     "intra-resnet1d_10": ["--dataset", "ecg", "--model-name", "resnet1d_10"],
+    "intra-cnn1d_3-rr": ["--dataset", "ecg", "--model-name", "cnn1d_3", "--rr-features"],
+    "intra-resnet1d_10-rr": ["--dataset", "ecg", "--model-name", "resnet1d_10", "--rr-features"],
+    "inter-cnn1d_3-rr": ["--dataset", "ecg", "--split", "inter", "--model-name", "cnn1d_3", "--rr-features"],
+    "inter-resnet1d_10-rr": ["--dataset", "ecg", "--split", "inter", "--model-name", "resnet1d_10", "--rr-features"],
     "inter-resnet1d_10": ["--dataset", "ecg", "--split", "inter", "--model-name", "resnet1d_10"],
     "inter-resnet1d_10-sampler": ["--dataset", "ecg", "--split", "inter", "--model-name", "resnet1d_10",
                                   "--sampler", "importance"],

@@ -104,6 +104,7 @@ class DataSplits:
     Multi-label datasets also say how windows were made (``preprocess``, kept in checkpoints so a model can
     be applied to new records), which validation score picks the best epoch (``selection``), and, for the
     PhysioNet/CinC Challenge, the reward matrix in class order and the index of the normal class.
+    Beats may carry per-example features as constant channels after the signal (``feature_channels``).
     """
 
     train: ECGDataset | RecordDataset
@@ -115,6 +116,11 @@ class DataSplits:
     preprocess: dict[str, Any] = field(default_factory=dict)
     challenge_weights: np.ndarray | None = None
     normal_index: int | None = None
+    feature_channels: int = 0  # trailing input channels that hold per-example features, not signal
+
+    @property
+    def signal_channels(self) -> int:
+        return self.in_channels - self.feature_channels
 
     @property
     def classes(self) -> list[str]:

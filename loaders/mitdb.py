@@ -48,7 +48,11 @@ BEAT_SYMBOLS = set("NLRBAaJSVrFejnE/fQ?")
 # Bits per sample of the WFDB signal formats PhysioNet uses (MIT-BIH is format 212).
 FORMAT_BITS = {"8": 8, "16": 16, "24": 24, "32": 32, "61": 16, "80": 8, "160": 16, "212": 12, "310": 10, "311": 10}
 # Bump when the extraction code changes in a way that changes its output (invalidates caches).
-EXTRACTION_VERSION = 1
+# Version 2 added the RR-interval features; the beats and their order are those of version 1.
+EXTRACTION_VERSION = 2
+# Per-beat RR-interval features, each divided by the record's mean RR interval (de Chazal's average RR).
+RR_FEATURES = ["pre", "post", "local", "pre/local"]
+LOCAL_RR_BEATS = 10  # the local RR is the mean of this many RR intervals ending at the beat
 
 
 @dataclass(frozen=True)
@@ -171,8 +175,30 @@ def _read_record(raw_dir: Path, record: str):
     return rec, ann
 
 
+def rr_features(beat_samples: np.ndarray, at: np.ndarray, local: int = LOCAL_RR_BEATS) -> np.ndarray:
+    """RR features (``RR_FEATURES``) of the beats ``at``, from all beat positions ``beat_samples`` of a record.
+
+    ``pre``/``post``: RR interval before/after the beat; ``local``: mean of the ``local`` RR intervals ending at
+    the beat; each divided by the record's mean RR. ``pre/local`` is the beat's prematurity. The first and last
+    beats of a record borrow the one interval they have.
+    """
+    rr = np.diff(beat_samples).astype(np.float64)
+    if len(rr) == 0:
+        return np.ones((len(at), len(RR_FEATURES)), dtype=np.float32)
+    k = np.searchsorted(beat_samples, at)  # ``at`` are beat positions: beat_samples[k] == at
+    pre = rr[np.clip(k - 1, 0, len(rr) - 1)]
+    post = rr[np.clip(k, 0, len(rr) - 1)]
+    csum = np.concatenate([[0.0], np.cumsum(rr)])
+    end = np.clip(k, 1, len(rr))  # the intervals rr[start:end] end at the beat
+    start = np.maximum(end - local, 0)
+    local_rr = (csum[end] - csum[start]) / (end - start)
+    scale = float(rr.mean())  # the mean, not the median: in records where most beats are ectopic (232) the
+    # median RR is an ectopic one, while long pauses after them keep the mean near the underlying rhythm
+    return np.stack([pre / scale, post / scale, local_rr / scale, pre / local_rr], axis=1).astype(np.float32)
+
+
 def extract_record(raw_dir: Path, record: str, params: BeatParams = BeatParams()) -> dict[str, np.ndarray]:
-    """Beats of one record: ``x`` (n, length) float32, ``label`` (AAMI index), ``sample`` (at 360 Hz)."""
+    """Beats of one record: ``x`` (n, length) float32, ``label`` (AAMI index), ``sample`` (at 360 Hz), ``rr``."""
     rec, ann = _read_record(raw_dir, record)
     lead = rec.sig_name.index(params.lead) if params.lead in rec.sig_name else 0
     fs_in = int(rec.fs)
@@ -194,8 +220,9 @@ def extract_record(raw_dir: Path, record: str, params: BeatParams = BeatParams()
     valid = (offsets[None, :] < spans[:, None]) & (idx < len(x))
     beats = np.where(valid, x[np.minimum(idx, len(x) - 1)], 0.0).astype(np.float32)
     labels = np.array([AAMI_MAP[s] for s in symbols[keep]], dtype=np.int64)
+    rr = rr_features(ann.sample[is_beat], ann.sample[keep])
     return {"x": beats, "label": labels, "sample": ann.sample[keep].astype(np.int64),
-            "record": np.full(len(labels), int(record), dtype=np.int64)}
+            "record": np.full(len(labels), int(record), dtype=np.int64), "rr": rr}
 
 
 def extract_beats(raw_dir: Path, params: BeatParams = BeatParams(), progress: bool = True) -> dict[str, np.ndarray]:
@@ -273,7 +300,8 @@ def _manifest(beats: dict[str, np.ndarray], split: dict[str, np.ndarray], seed: 
 def _split_from_manifest(beats: dict[str, np.ndarray], manifest: dict[str, Any],
                          params: BeatParams) -> dict[str, np.ndarray]:
     """Indices of the beats a saved splits.json names; an error if they do not match the extraction."""
-    if manifest.get("extraction") != {**asdict(params), "version": EXTRACTION_VERSION}:
+    # the beats (record, sample) are checked one by one below, so a later EXTRACTION_VERSION is accepted
+    if {k: v for k, v in (manifest.get("extraction") or {}).items() if k != "version"} != asdict(params):
         raise ECGError("the run's splits.json was made with other extraction parameters; start a new run "
                        "with --version bump")
     key = beats["record"] * 1_000_000 + beats["sample"]
@@ -292,10 +320,12 @@ def _split_from_manifest(beats: dict[str, np.ndarray], manifest: dict[str, Any],
 
 
 def build(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, protocol: str = "intra",
-          saved_manifest: dict | None = None, data_url: str | None = None, progress: bool = True) -> DataSplits:
+          saved_manifest: dict | None = None, data_url: str | None = None, progress: bool = True,
+          rr_features: bool = False) -> DataSplits:
     """The MIT-BIH train/val/test datasets (5 AAMI classes, or N versus the rest when ``binary``).
 
     ``protocol`` ``intra``: stratified random beats; ``inter``: DS1 records for training, DS2 for testing.
+    ``rr_features``: each beat also gets its ``RR_FEATURES`` as constant input channels after the signal.
     """
     if protocol not in PROTOCOLS:
         raise ECGError(f"unknown split '{protocol}'; valid: {', '.join(PROTOCOLS)}")
@@ -321,7 +351,12 @@ def build(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, prot
     classes = BINARY_CLASSES if binary else AAMI_CLASSES
 
     def subset(idx: np.ndarray) -> ECGDataset:
-        return ECGDataset(beats["x"][idx, None, :], labels[idx], classes,
+        x = beats["x"][idx, None, :]
+        if rr_features:
+            x = np.concatenate([x, np.repeat(beats["rr"][idx, :, None], x.shape[2], axis=2)], axis=1)
+        return ECGDataset(x, labels[idx], classes,
                           meta={"record": beats["record"][idx], "sample": beats["sample"][idx]})
 
-    return DataSplits(subset(split["train"]), subset(split["val"]), subset(split["test"]), manifest)
+    return DataSplits(subset(split["train"]), subset(split["val"]), subset(split["test"]),
+                      {**manifest, "rr_features": RR_FEATURES if rr_features else []},
+                      feature_channels=len(RR_FEATURES) if rr_features else 0)

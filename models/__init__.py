@@ -7,6 +7,7 @@ from collections.abc import Callable
 from torch import nn
 
 from models.cnn import CNN1d
+from models.fusion import FeatureFusion
 from models.lstm import LSTMClassifier
 from models.resnet import ResNet1d
 from models.ribeiro import RibeiroResNet
@@ -26,8 +27,17 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def get_model(name: str, in_channels: int, num_classes: int) -> nn.Module:
-    """Build model ``name`` for inputs of ``in_channels`` leads and ``num_classes`` outputs (logits)."""
+FUSION_HIDDEN = 64  # outputs of the signal network when per-example features are joined to it
+
+
+def get_model(name: str, in_channels: int, num_classes: int, feature_channels: int = 0) -> nn.Module:
+    """Build model ``name`` for inputs of ``in_channels`` channels and ``num_classes`` outputs (logits).
+
+    With ``feature_channels``, the last channels hold per-example features: see :class:`FeatureFusion`.
+    """
     if name not in MODELS:
         raise ECGError(f"unknown model '{name}'; valid: {', '.join(MODELS)}")
+    if feature_channels:
+        backbone = MODELS[name](in_channels - feature_channels, FUSION_HIDDEN)
+        return FeatureFusion(backbone, FUSION_HIDDEN, feature_channels, num_classes)
     return MODELS[name](in_channels, num_classes)

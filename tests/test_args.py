@@ -17,7 +17,7 @@ def test_help_has_argument_groups_and_every_flag() -> None:
                  "--pretrained", "--num-classes", "--workers", "--start-epoch", "--step", "--batch-size",
                  "--epochs", "--optimizer", "--scheduler", "--lr", "--momentum", "--weight-decay", "--lr-decay",
                  "--criterion", "--class-balance", "--sampler", "--seed", "--short-run", "--disable-cuda",
-                 "--tensorboard"):
+                 "--tensorboard", "--rr-features", "--augment", "--label-smoothing"):
         assert flag in text, flag
 
 
@@ -29,6 +29,11 @@ def test_help_has_argument_groups_and_every_flag() -> None:
     (["--version", "newest"], "expected latest or bump or a positive integer"),
     (["--model-name", "vgg"], "invalid choice"),
     (["--pretrained", "x.pth.tar", "--resume", "best"], "use one of them"),
+    (["--dataset", "ptbxl", "--rr-features"], "--rr-features applies to the MIT-BIH beats"),
+    (["--augment", "flip"], "invalid choice: 'flip'"),
+    (["--label-smoothing", "1"], "must be at least 0 and below 1"),
+    (["--label-smoothing", "0.1", "--criterion", "focal"], "--label-smoothing applies to --criterion crossentropy"),
+    (["--dataset", "ptbxl", "--label-smoothing", "0.1"], "--label-smoothing applies to --criterion crossentropy"),
 ])
 def test_bad_flags_exit_2_with_one_line(argv: list[str], message: str, capsys) -> None:
     with pytest.raises(SystemExit) as exc:

@@ -59,3 +59,18 @@ def test_lstm_recurs_over_time() -> None:
 def test_unknown_model_lists_valid_names() -> None:
     with pytest.raises(ECGError, match="valid: cnn1d_3, lstm_1"):
         get_model("resnet1d_1000", 1, 5)
+
+
+@pytest.mark.parametrize("name", ["cnn1d_3", "resnet1d_10", "lstm_1"])
+def test_feature_channels_reach_the_logits_directly(name: str) -> None:
+    torch.manual_seed(0)
+    model = get_model(name, 5, 5, feature_channels=4).eval()
+    assert type(model).__name__ == "FeatureFusion"
+    assert model.backbone(torch.randn(2, 1, 187)).shape == (2, 64)  # the signal network sees the beat only
+    beat = torch.randn(6, 1, 187)
+    rr = torch.rand(6, 4, 1).expand(6, 4, 187)
+    out = model(torch.cat([beat, rr], dim=1))
+    assert out.shape == (6, 5) and torch.isfinite(out).all()
+    # other features with the same beat give other logits; the features are read as constants per example
+    assert not torch.allclose(out, model(torch.cat([beat, rr * 2], dim=1)))
+    assert torch.equal(out, model(torch.cat([beat, rr.clone().index_fill_(2, torch.arange(1, 187), 9.0)], dim=1)))

@@ -61,8 +61,15 @@ CRITERIA: dict[str, Callable[[torch.Tensor | None], nn.Module]] = {
 }
 
 
-def get_criterion(name: str, weight: torch.Tensor | None = None) -> nn.Module:
-    """Loss ``name`` with optional per-class ``weight`` (for ``bce``: the weight of positive examples)."""
+def get_criterion(name: str, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> nn.Module:
+    """Loss ``name`` with optional per-class ``weight`` (for ``bce``: the weight of positive examples).
+
+    ``label_smoothing`` (cross-entropy only) mixes each one-hot target with the uniform distribution.
+    """
     if name not in CRITERIA:
         raise ECGError(f"unknown criterion '{name}'; valid: {', '.join(CRITERIA)}")
+    if label_smoothing and name != "crossentropy":
+        raise ECGError(f"label smoothing applies to --criterion crossentropy, not {name}")
+    if label_smoothing:
+        return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
     return CRITERIA[name](weight)

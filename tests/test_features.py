@@ -1,0 +1,190 @@
+"""RR-interval features, training augmentation and label smoothing: maths on small tensors, runs on real records."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import commander
+from args import parse_args, run_name
+from loaders import kaggle, mitdb
+from tests.conftest import one_line_error, run_cli
+from toolbox import augment
+from toolbox.losses import get_criterion
+from toolbox.utils import ECGError
+
+# --- RR-interval features -------------------------------------------------------------------------------------
+
+
+def test_rr_features_by_hand() -> None:
+    beats = np.array([0, 100, 200, 250, 450])  # RR 100, 100, 50, 200; mean 112.5 (median 100)
+    rr = mitdb.rr_features(beats, beats[[0, 3, 4]], local=10) * 112.5
+    assert mitdb.RR_FEATURES == ["pre", "post", "local", "pre/local"]
+    np.testing.assert_allclose(rr[0], [100, 100, 100, 112.5])  # the first beat borrows its one interval
+    np.testing.assert_allclose(rr[1], [50, 200, 250 / 3, 50 / (250 / 3) * 112.5], rtol=1e-6)
+    np.testing.assert_allclose(rr[2], [200, 200, 112.5, 200 / 112.5 * 112.5], rtol=1e-6)  # last: post = pre
+    # the local mean covers only the last ``local`` intervals
+    np.testing.assert_allclose(mitdb.rr_features(beats, beats[[4]], local=2)[0, 2] * 112.5, 125, rtol=1e-6)
+
+
+def test_rr_features_of_the_real_records_separate_premature_beats(beats: dict) -> None:
+    rr = {c: np.median(beats["rr"][beats["label"] == k], axis=0) for k, c in enumerate(mitdb.AAMI_CLASSES)}
+    assert beats["rr"].shape == (len(beats["label"]), 4) and np.isfinite(beats["rr"]).all()
+    assert 0.97 < rr["N"][3] < 1.03  # normal beats come on time
+    assert rr["S"][3] < 0.85 and rr["V"][3] < 0.85  # supraventricular and ventricular ectopics come early
+    assert rr["V"][1] > 1.15  # and a ventricular ectopic is followed by a compensatory pause
+
+
+@pytest.fixture(scope="module")
+def inter_rr(cache_root: Path, data_root: Path):
+    return mitdb.build(data_root / "mitdb", cache_root / "cache", binary=False, split_seed=0, protocol="inter",
+                       progress=False, rr_features=True)
+
+
+def test_rr_features_are_constant_channels_after_the_beat(inter_rr, cache_root: Path, data_root: Path,
+                                                          beats: dict) -> None:
+    plain = mitdb.build(data_root / "mitdb", cache_root / "cache", binary=False, split_seed=0, protocol="inter",
+                        progress=False)
+    assert (inter_rr.in_channels, inter_rr.feature_channels, inter_rr.signal_channels) == (5, 4, 1)
+    assert plain.in_channels == 1 and plain.feature_channels == 0
+    assert inter_rr.manifest["rr_features"] == mitdb.RR_FEATURES and plain.manifest["rr_features"] == []
+    for name in ("train", "test"):
+        with_rr, without = getattr(inter_rr, name), getattr(plain, name)
+        assert torch.equal(with_rr.x[:, :1], without.x) and torch.equal(with_rr.labels, without.labels)
+        features = with_rr.x[:, 1:]
+        assert torch.equal(features, features[:, :, :1].expand_as(features))  # constant along the beat
+        key = beats["record"] * 1_000_000 + beats["sample"]
+        order = np.argsort(key)
+        want = order[np.searchsorted(key[order], with_rr.meta["record"] * 1_000_000 + with_rr.meta["sample"])]
+        np.testing.assert_array_equal(features[:, :, 0].numpy(), beats["rr"][want])
+
+
+def test_rr_features_need_the_raw_records(tmp_path: Path, beats: dict) -> None:
+    folder = tmp_path / "data" / "mitdb"
+    for name in ("mitbih_train.csv", "mitbih_test.csv"):
+        kaggle.write_csv(folder / name, beats["x"][:50], beats["label"][:50])
+    proc = run_cli("--dataset", "ecg", "--rr-features", "--short-run", "--root-dir", str(tmp_path / "root"),
+                   env={"ECG_DATA_ROOT": str(tmp_path / "data")})
+    assert "--rr-features needs the raw MIT-BIH records" in one_line_error(proc)
+
+
+# --- augmentation -----------------------------------------------------------------------------------------------
+
+
+def _batch(n: int = 64, features: int = 0) -> torch.Tensor:
+    t = torch.linspace(0, 6.28, 187)
+    signal = (torch.sin(t) + 1.5)[None, None] * torch.linspace(0.5, 2, n)[:, None, None]
+    return torch.cat([signal, torch.rand(n, features, 1).expand(n, features, 187)], dim=1)
+
+
+def test_scale_multiplies_each_example_by_a_bounded_factor() -> None:
+    x = _batch()
+    ratio = augment.scale(x) / x
+    per_example = ratio[:, 0, 10]
+    assert torch.allclose(ratio, per_example[:, None, None].expand_as(ratio), atol=1e-5)
+    assert per_example.min() >= 0.8 - 1e-6 and per_example.max() <= 1.2 + 1e-6 and per_example.std() > 0.05
+
+
+def test_noise_and_wander_stay_within_their_share_of_the_signal() -> None:
+    x = _batch()
+    sd = x.std(dim=(1, 2))
+    residual = augment.noise(x) - x
+    assert (residual.std(dim=(1, 2)) <= 0.05 * sd * 1.2).all() and residual.abs().sum() > 0
+    residual = augment.wander(x) - x
+    assert (residual.abs().amax(dim=(1, 2)) <= 0.1 * sd + 1e-6).all() and residual.abs().sum() > 0
+    # at most one cycle over 187 samples: the drift is smooth
+    assert residual.diff(dim=2).abs().max() <= 0.1 * sd.max() * 2 * np.pi / 187 * 1.01
+
+
+def test_shift_moves_a_spike_by_at_most_five_percent_and_fills_with_zeros() -> None:
+    x = torch.zeros(200, 1, 100)
+    x[:, 0, 50] = 1.0
+    moved = augment.shift(x)
+    assert torch.equal(moved.sum(dim=2), torch.ones(200, 1))  # the spike survives, nothing else appears
+    where = moved[:, 0].argmax(dim=1) - 50
+    assert where.abs().max() <= 5 and len(where.unique()) > 5
+    edge = torch.ones(50, 1, 100)
+    filled = augment.shift(edge)
+    assert ((filled == 0) | (filled == 1)).all() and (filled == 0).any()
+
+
+def test_augmenter_leaves_feature_channels_alone_and_repeats_with_the_seed() -> None:
+    x = _batch(features=4)
+    aug = augment.Augmenter(["shift", "scale", "noise", "wander"], signal_channels=1)
+    torch.manual_seed(3)
+    first = aug(x)
+    torch.manual_seed(3)
+    again = aug(x)
+    assert torch.equal(first, again) and first.shape == x.shape
+    assert torch.equal(first[:, 1:], x[:, 1:]) and not torch.equal(first[:, :1], x[:, :1])
+    with pytest.raises(ECGError, match="unknown augmentation 'flip'"):
+        augment.Augmenter(["flip"], 1)
+
+
+# --- label smoothing --------------------------------------------------------------------------------------------
+
+
+def test_label_smoothing_penalises_overconfidence_and_only_for_crossentropy() -> None:
+    logits, target = torch.tensor([[20.0, 0, 0, 0, 0]]), torch.tensor([0])
+    assert get_criterion("crossentropy")(logits, target) < 1e-6
+    smoothed = get_criterion("crossentropy", None, 0.1)(logits, target)
+    assert smoothed == pytest.approx(0.1 * 4 / 5 * 20, rel=1e-3)  # eps (K-1)/K times the logit gap
+    with pytest.raises(ECGError, match="label smoothing applies to --criterion crossentropy"):
+        get_criterion("focal", None, 0.1)
+
+
+# --- through commander.py ---------------------------------------------------------------------------------------
+
+FLAGS = ["--dataset", "ecg", "--split", "inter", "--model-name", "cnn1d_3", "--short-run", "--rr-features",
+         "--augment", "wander", "scale", "noise", "shift", "--label-smoothing", "0.1"]
+
+
+def test_run_name_and_flags() -> None:
+    name = run_name(parse_args(FLAGS))
+    assert name.endswith("_rr_aug-scale+noise+wander+shift_ls0.1")
+    assert run_name(parse_args(FLAGS[:7])) == name.removesuffix("_rr_aug-scale+noise+wander+shift_ls0.1")
+
+
+@pytest.fixture()
+def root(tmp_path: Path, cache_root: Path) -> Path:
+    shutil.copytree(cache_root / "cache", tmp_path / "cache")
+    return tmp_path
+
+
+def test_rr_augmented_run_trains_resumes_exactly_and_tests(root: Path, capsys) -> None:
+    straight = root / "straight"
+    shutil.copytree(root / "cache", straight / "cache")
+    assert commander.main([*FLAGS, "--epochs", "2", "--scheduler", "StepLR", "--root-dir", str(straight)]) == 0
+    assert commander.main([*FLAGS, "--epochs", "1", "--scheduler", "StepLR", "--root-dir", str(root)]) == 0
+    assert commander.main([*FLAGS, "--epochs", "2", "--scheduler", "StepLR", "--root-dir", str(root),
+                           "--resume", "latest"]) == 0
+    name = run_name(parse_args([*FLAGS, "--scheduler", "StepLR"]))
+    run = root / "ecg" / "runs" / f"{name}_1"
+    resumed = torch.load(run / "checkpoint.pth.tar", weights_only=True)
+    reference = torch.load(straight / "ecg" / "runs" / f"{name}_1" / "checkpoint.pth.tar", weights_only=True)
+    assert resumed["in_channels"] == 5
+    for k, v in reference["model"].items():  # augmentation draws are part of the saved random state
+        assert torch.equal(v, resumed["model"][k]), k
+    config = json.loads((run / "config.json").read_text())
+    assert config["dataset"]["in_channels"] == 5 and config["flags"]["augment"] == ["scale", "noise", "wander",
+                                                                                     "shift"]
+    assert json.loads((run / "splits.json").read_text())["rr_features"] == mitdb.RR_FEATURES
+    capsys.readouterr()
+    assert commander.main([*FLAGS, "--scheduler", "StepLR", "--root-dir", str(root), "--test"]) == 0
+    assert "test (model_best.pth.tar, epoch" in capsys.readouterr().out
+
+    # the same run without augmentation learns other weights (the augmentation is applied)
+    plain = [f for f in FLAGS if f not in ("--augment", "wander", "scale", "noise", "shift")]
+    assert commander.main([*plain, "--epochs", "2", "--scheduler", "StepLR", "--root-dir", str(straight)]) == 0
+    other = torch.load(straight / "ecg" / "runs" / f"{run_name(parse_args([*plain, '--scheduler', 'StepLR']))}_1"
+                       / "checkpoint.pth.tar", weights_only=True)
+    assert not torch.equal(other["model"]["head.3.weight"], reference["model"]["head.3.weight"])
+
+    # a model trained on beats with RR channels does not fit plain beats
+    proc = run_cli("--dataset", "ecg", "--model-name", "cnn1d_3", "--short-run", "--root-dir", str(root),
+                   "--pretrained", str(run / "model_best.pth.tar"))
+    assert "in_channels=5 but this run needs in_channels=1" in one_line_error(proc)
