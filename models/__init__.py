@@ -20,6 +20,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "lstm_3": functools.partial(LSTMClassifier, num_layers=3),
     "resnet1d_10": functools.partial(ResNet1d, blocks=(1, 1, 1, 1)),
     "resnet1d_18": functools.partial(ResNet1d, blocks=(2, 2, 2, 2)),
+    "resnet1d_10_small": functools.partial(ResNet1d, blocks=(1, 1, 1, 1), widths=(24, 32, 48, 64)),  # < 100 k
     "resnet1d_v2_10": functools.partial(ResNet1d, blocks=(1, 1, 1, 1), preact=True),
     "resnet1d_v2_18": functools.partial(ResNet1d, blocks=(2, 2, 2, 2), preact=True),
     "ribeiro_resnet": RibeiroResNet,  # twelve-lead records (Ribeiro et al. 2020)

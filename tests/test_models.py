@@ -44,7 +44,8 @@ def test_models_return_logits_not_probabilities() -> None:
 
 def test_names_build_distinct_architectures() -> None:
     sizes = {name: sum(p.numel() for p in get_model(name, 1, 5).parameters()) for name in MODELS}
-    assert sizes["resnet1d_18"] > sizes["resnet1d_10"]
+    assert sizes["resnet1d_18"] > sizes["resnet1d_10"] > sizes["resnet1d_10_small"]
+    assert sizes["resnet1d_10_small"] < 100_000 and sizes["cnn1d_3"] < 100_000  # the small-model benchmark class
     assert sizes["lstm_3"] > sizes["lstm_2"] > sizes["lstm_1"]
     v1 = get_model("resnet1d_10", 1, 5)
     v2 = get_model("resnet1d_v2_10", 1, 5)
