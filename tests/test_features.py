@@ -180,8 +180,8 @@ def test_rr_augmented_run_trains_resumes_exactly_and_tests(root: Path, capsys) -
     # the same run without augmentation learns other weights (the augmentation is applied)
     plain = [f for f in FLAGS if f not in ("--augment", "wander", "scale", "noise", "shift")]
     assert commander.main([*plain, "--epochs", "2", "--scheduler", "StepLR", "--root-dir", str(straight)]) == 0
-    other = torch.load(straight / "ecg" / "runs" / f"{run_name(parse_args([*plain, '--scheduler', 'StepLR']))}_1"
-                       / "checkpoint.pth.tar", weights_only=True)
+    plain_run = straight / "ecg" / "runs" / f"{run_name(parse_args([*plain, '--scheduler', 'StepLR']))}_1"
+    other = torch.load(plain_run / "checkpoint.pth.tar", weights_only=True)
     assert not torch.equal(other["model"]["head.3.weight"], reference["model"]["head.3.weight"])
 
     # a model trained on beats with RR channels does not fit plain beats
