@@ -191,13 +191,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.test and args.pretrained:
         parser.error("--test evaluates a run's own checkpoint; use --resume best|latest|N, not --pretrained")
     args.augment = sorted(set(args.augment), key=list(AUGMENTATIONS).index)
-    if args.rr_features and DATASETS[args.dataset].db != "mitdb":
-        parser.error(f"--rr-features applies to the MIT-BIH beats (ecg, ecg_bin), not to {args.dataset}")
     if args.test and args.resume is None:
         args.resume = "best"
     if args.version is None:
         args.version = "latest" if (args.resume or args.test) else "bump"
     spec = DATASETS[args.dataset]
+    if args.rr_features and spec.db != "mitdb":
+        parser.error(f"--rr-features applies to the MIT-BIH beats (ecg, ecg_bin), not to {args.dataset}")
     if args.split is None:
         args.split = spec.splits[0]
     elif args.split not in spec.splits:

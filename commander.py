@@ -264,7 +264,7 @@ def naming_flags(args: argparse.Namespace) -> list[str]:
     defaults = parse_args(["--dataset", args.dataset])
     flags = [] if args.dataset == get_args_parser().get_default("dataset") else ["--dataset", args.dataset]
     for name in ("root_dir", "model_name", "split", "fs", "seq_len", "optimizer", "lr", "batch_size", "scheduler",
-                 "criterion", "class_balance", "sampler", "threshold_metric"):
+                 "criterion", "class_balance", "sampler", "threshold_metric", "label_smoothing"):
         value = getattr(args, name)
         if value != getattr(defaults, name):
             flags += [f"--{name.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
@@ -272,8 +272,6 @@ def naming_flags(args: argparse.Namespace) -> list[str]:
         flags.append("--rr-features")
     if args.augment:
         flags += ["--augment", *args.augment]
-    if args.label_smoothing:
-        flags += ["--label-smoothing", f"{args.label_smoothing:g}"]
     return flags
 
 if __name__ == "__main__":

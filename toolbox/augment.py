@@ -22,7 +22,7 @@ MAX_SHIFT = 0.05  # delay or advance by up to this fraction of the length, zero-
 
 def _uniform(n: int, lo: float, hi: float, like: torch.Tensor) -> torch.Tensor:
     """``n`` draws from U(lo, hi), shaped (n, 1, 1) to broadcast over leads and samples."""
-    return (lo + (hi - lo) * torch.rand(n, 1, 1)).to(like.device, like.dtype)
+    return lo + (hi - lo) * torch.rand(n, 1, 1, device=like.device, dtype=like.dtype)
 
 
 def _sd(x: torch.Tensor) -> torch.Tensor:
@@ -36,7 +36,7 @@ def scale(x: torch.Tensor) -> torch.Tensor:
 
 def noise(x: torch.Tensor) -> torch.Tensor:
     """Add white Gaussian noise with an sd of up to 5% of the example's sd."""
-    return x + torch.randn(x.shape).to(x.device, x.dtype) * _uniform(len(x), 0, MAX_NOISE, x) * _sd(x)
+    return x + torch.randn_like(x) * _uniform(len(x), 0, MAX_NOISE, x) * _sd(x)
 
 
 def wander(x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +52,7 @@ def shift(x: torch.Tensor) -> torch.Tensor:
     """Delay or advance each example by up to 5% of its length, filling with zeros."""
     n, length = len(x), x.shape[-1]
     most = max(1, int(MAX_SHIFT * length))
-    offset = torch.randint(-most, most + 1, (n, 1, 1)).to(x.device)
+    offset = torch.randint(-most, most + 1, (n, 1, 1), device=x.device)
     src = torch.arange(length, device=x.device).view(1, 1, -1) - offset
     inside = (src >= 0) & (src < length)
     moved = x.gather(2, src.clamp(0, length - 1).expand(n, x.shape[1], length))

@@ -54,8 +54,9 @@ class FocalLoss(nn.Module):
         return loss.mean()
 
 
-CRITERIA: dict[str, Callable[[torch.Tensor | None], nn.Module]] = {
-    "crossentropy": lambda weight: nn.CrossEntropyLoss(weight=weight),
+CRITERIA: dict[str, Callable[..., nn.Module]] = {
+    "crossentropy": lambda weight, label_smoothing=0.0: nn.CrossEntropyLoss(weight=weight,
+                                                                           label_smoothing=label_smoothing),
     "focal": lambda weight: FocalLoss(weight=weight),
     "bce": lambda weight: nn.BCEWithLogitsLoss(pos_weight=weight),  # multi-label; weight = per-class pos_weight
 }
@@ -68,8 +69,8 @@ def get_criterion(name: str, weight: torch.Tensor | None = None, label_smoothing
     """
     if name not in CRITERIA:
         raise ECGError(f"unknown criterion '{name}'; valid: {', '.join(CRITERIA)}")
-    if label_smoothing and name != "crossentropy":
+    if not label_smoothing:
+        return CRITERIA[name](weight)
+    if name != "crossentropy":
         raise ECGError(f"label smoothing applies to --criterion crossentropy, not {name}")
-    if label_smoothing:
-        return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
-    return CRITERIA[name](weight)
+    return CRITERIA[name](weight, label_smoothing)
