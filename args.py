@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from loaders import DATASETS
+from loaders.mitdb import BEAT_FORMATS
 from models import MODELS
 from toolbox.augment import AUGMENTATIONS
 from toolbox.checkpoint import LAST
@@ -115,6 +116,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="ecg, ecg_bin: give the network each beat's RR intervals (previous, next, mean of the last 10, "
                         "and previous / mean of the last 10; divided by the record's mean RR) as 4 per-beat features "
                         "joined with the network's output")
+    g.add_argument("--beat-format", default="kaggle", choices=list(BEAT_FORMATS),
+                   help="ecg, ecg_bin from the raw records: kaggle (a beat starts at its R peak and ends after 1.2 x "
+                        "the median RR, min-max scaled per 10-s window: the Kaggle CSVs), centered (starts 0.5 s "
+                        "before the R peak: P wave and QRS onset included; same scaling) or filtered (centered, "
+                        "baseline wander removed and each record divided by its median beat amplitude); 187 "
+                        "samples at 125 Hz")
+    g.add_argument("--median-beat", action="store_true",
+                   help="ecg, ecg_bin from the raw records: give the network, beside each beat, the median of its "
+                        "record's beats that do not come early (RR prematurity >= 0.9; what this patient's beats "
+                        "look like, no labels used) as a second signal channel")
     g.add_argument("--augment", default=[], nargs="+", choices=list(AUGMENTATIONS), metavar="KIND",
                    help="augment training batches: scale (amplitude x0.8-1.2), noise (Gaussian, sd up to 5%% of "
                         "the example's), wander (slow sinusoid up to 10%%), shift (up to 5%% of the length); "
@@ -196,8 +207,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.version is None:
         args.version = "latest" if (args.resume or args.test) else "bump"
     spec = DATASETS[args.dataset]
-    if args.rr_features and spec.db != "mitdb":
-        parser.error(f"--rr-features applies to the MIT-BIH beats (ecg, ecg_bin), not to {args.dataset}")
+    for flag, on in (("--rr-features", args.rr_features), ("--beat-format", args.beat_format != "kaggle"),
+                     ("--median-beat", args.median_beat)):
+        if on and spec.db != "mitdb":
+            parser.error(f"{flag} applies to the MIT-BIH beats (ecg, ecg_bin), not to {args.dataset}")
     if args.split is None:
         args.split = spec.splits[0]
     elif args.split not in spec.splits:
@@ -237,6 +250,10 @@ def run_name(args: argparse.Namespace) -> str:
         parts.append(f"cb-{args.class_balance}")
     if args.sampler:
         parts.append(f"sampler-{args.sampler}")
+    if args.beat_format != "kaggle":
+        parts.append(f"beats-{args.beat_format}")
+    if args.median_beat:
+        parts.append("med")
     if args.rr_features:
         parts.append("rr")
     if args.augment:
@@ -269,7 +286,9 @@ def select_run(runs_dir: Path, name: str, version: str, *, existing: bool) -> Pa
             if existing:
                 raise ECGError(f"no run named {name}_<N> in {runs_dir}; train one first "
                                f"(the name comes from --model-name, --split, --optimizer, --lr, "
-                               f"--batch-size, --scheduler, --criterion, balancing flags, --fs and --seq-len)")
+                               f"--batch-size, --scheduler, --criterion, balancing flags, --fs, --seq-len and "
+                               f"input flags: --beat-format, --median-beat, --rr-features, --augment, "
+                               f"--label-smoothing)")
             return runs_dir / f"{name}_1"
         run_dir = runs_dir / f"{name}_{versions[-1]}"
     else:

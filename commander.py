@@ -69,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
     extra = {"fs": args.fs, "seq_len": args.seq_len} if spec.multilabel else {}
     if args.rr_features:
         extra["rr_features"] = True
+    if args.beat_format != "kaggle":
+        extra["beat_format"] = args.beat_format
+    if args.median_beat:
+        extra["median_beat"] = True
     data = spec.build(raw, args.root_dir / "cache", split_seed=args.split_seed, protocol=args.split,
                       saved_manifest=manifest, data_url=args.data_url, **extra)
     check_num_classes(args, data.classes)
@@ -264,12 +268,11 @@ def naming_flags(args: argparse.Namespace) -> list[str]:
     defaults = parse_args(["--dataset", args.dataset])
     flags = [] if args.dataset == get_args_parser().get_default("dataset") else ["--dataset", args.dataset]
     for name in ("root_dir", "model_name", "split", "fs", "seq_len", "optimizer", "lr", "batch_size", "scheduler",
-                 "criterion", "class_balance", "sampler", "threshold_metric", "label_smoothing"):
+                 "criterion", "class_balance", "sampler", "threshold_metric", "label_smoothing", "beat_format"):
         value = getattr(args, name)
         if value != getattr(defaults, name):
             flags += [f"--{name.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
-    if args.rr_features:
-        flags.append("--rr-features")
+    flags += [flag for flag, on in (("--median-beat", args.median_beat), ("--rr-features", args.rr_features)) if on]
     if args.augment:
         flags += ["--augment", *args.augment]
     return flags

@@ -17,16 +17,20 @@ __all__ = ["DATASETS", "DataSplits", "DatasetSpec", "ECGDataset", "RecordDataset
 
 def _mitbih(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, protocol: str = "intra",
             saved_manifest: dict | None = None, data_url: str | None = None, progress: bool = True,
-            rr_features: bool = False) -> DataSplits:
+            rr_features: bool = False, beat_format: str = "kaggle", median_beat: bool = False) -> DataSplits:
     """MIT-BIH beats: from the Kaggle CSVs when they lie in the folder, else from the raw records."""
     if kaggle.has_mitbih_csv(raw_dir):
-        if rr_features:
-            raise ECGError(f"--rr-features needs the raw MIT-BIH records, but {raw_dir} holds the Kaggle CSVs "
-                           f"(beats without their times); point ECG_DATA_ROOT or --root-dir at the records")
+        needs = [flag for flag, on in (("--rr-features", rr_features), ("--median-beat", median_beat),
+                                       (f"--beat-format {beat_format}", beat_format != "kaggle")) if on]
+        if needs:
+            raise ECGError(f"{needs[0]} needs the raw MIT-BIH records, but {raw_dir} holds the Kaggle CSVs "
+                           f"(beats cut at the R peak, without their times); point ECG_DATA_ROOT or --root-dir "
+                           f"at the records")
         return kaggle.build_mitbih(raw_dir, cache_dir, binary=binary, split_seed=split_seed, protocol=protocol,
                                    saved_manifest=saved_manifest)
     return mitdb.build(raw_dir, cache_dir, binary=binary, split_seed=split_seed, protocol=protocol,
-                       saved_manifest=saved_manifest, data_url=data_url, progress=progress, rr_features=rr_features)
+                       saved_manifest=saved_manifest, data_url=data_url, progress=progress, rr_features=rr_features,
+                       beat_format=beat_format, median_beat=median_beat)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,12 @@ Kachuee et al. (2018): lead MLII resampled to 125 Hz, cut into 10-second windows
 min-max scaled to [0, 1]; a beat starts at its annotated R peak and spans 1.2 x the median RR
 interval of its window, zero-padded or cut to 187 samples. Records 102 and 104 have no MLII lead;
 their lead 0 (V5 and V2) is used instead. Record 114 has MLII on lead 1.
+
+Other beat formats (``BEAT_FORMATS``, ``--beat-format``) keep 187 samples at 125 Hz. ``centered`` starts
+0.5 s before the R peak and is not cut at 1.2 x RR, so the network sees the P wave and the QRS onset,
+which the Kaggle beat (starting at the R peak) leaves out. ``filtered`` is ``centered`` cut from the
+record with its baseline wander removed and divided by its median beat amplitude (``_record_scale``)
+instead of min-max scaled per 10-s window, so beats keep their height relative to the patient's own.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.ndimage import median_filter
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
@@ -62,12 +69,19 @@ class BeatParams:
     fs: int = 125
     length: int = 187
     window_s: float = 10.0
-    rr_factor: float = 1.2
+    rr_factor: float | None = 1.2  # a beat is zero after this many median RR intervals; None: never cut
     lead: str = "MLII"
+    before: int = 0  # samples (at ``fs``) before the R peak where a beat starts
+    scale: str = "window"  # "window": min-max per ``window_s``; "record": see ``_record_scale``
 
     def key(self) -> str:
         blob = json.dumps({**asdict(self), "version": EXTRACTION_VERSION, "records": RECORDS}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# --beat-format: name -> extraction parameters (the first is the default, the Kaggle format).
+BEAT_FORMATS = {"kaggle": BeatParams(), "centered": BeatParams(rr_factor=None, before=62),
+                "filtered": BeatParams(rr_factor=None, before=62, scale="record")}
 
 
 def missing_files(raw_dir: Path, records: list[str] = RECORDS) -> list[str]:
@@ -126,6 +140,15 @@ def _window_scale(x: np.ndarray, win: int) -> np.ndarray:
     span[span == 0] = 1.0
     wid = np.arange(len(x)) // win
     return (x - lo[wid]) / span[wid]
+
+
+def _record_scale(x: np.ndarray, fs: int, beats: np.ndarray) -> np.ndarray:
+    """Baseline wander removed (median filters of 200 ms, then 600 ms; de Chazal 2004) and the record divided
+    by the median absolute amplitude at its beats, so beats keep their size relative to the patient's own."""
+    baseline = median_filter(median_filter(x, int(0.2 * fs) | 1, mode="nearest"), int(0.6 * fs) | 1, mode="nearest")
+    x = x - baseline
+    amplitude = float(np.median(np.abs(x[beats]))) if len(beats) else 0.0
+    return x / (amplitude if amplitude > 0 else 1.0)
 
 
 def _window_median_rr(beats: np.ndarray, n_windows: int, win: int) -> np.ndarray:
@@ -197,6 +220,25 @@ def rr_features(beat_samples: np.ndarray, at: np.ndarray, local: int = LOCAL_RR_
     return np.stack([pre / scale, post / scale, local_rr / scale, pre / local_rr], axis=1).astype(np.float32)
 
 
+NOT_EARLY = 0.9  # a beat is not early when its RR prematurity (pre/local) is at least this
+MIN_TEMPLATE_BEATS = 10  # below this many such beats, a record's template is the median of all its beats
+
+
+def record_templates(x: np.ndarray, records: np.ndarray, prematurity: np.ndarray) -> np.ndarray:
+    """Each beat's record template: the sample-wise median of the record's beats that do not come early.
+
+    No label is used: ectopic beats mostly come early (``prematurity`` = pre/local RR below 0.9), so the
+    other beats show the patient's own dominant beat, even in record 232 where most beats are early S
+    beats and the normal ones follow long pauses.
+    """
+    out = np.empty_like(x)
+    for r in np.unique(records):
+        mine = records == r
+        chosen = mine & (prematurity >= NOT_EARLY)
+        out[mine] = np.median(x[chosen if chosen.sum() >= MIN_TEMPLATE_BEATS else mine], axis=0)
+    return out
+
+
 def extract_record(raw_dir: Path, record: str, params: BeatParams = BeatParams()) -> dict[str, np.ndarray]:
     """Beats of one record: ``x`` (n, length) float32, ``label`` (AAMI index), ``sample`` (at 360 Hz), ``rr``."""
     rec, ann = _read_record(raw_dir, record)
@@ -205,20 +247,21 @@ def extract_record(raw_dir: Path, record: str, params: BeatParams = BeatParams()
     g = gcd(params.fs, fs_in)
     x = resample_poly(rec.p_signal[:, lead], params.fs // g, fs_in // g)
     win = int(round(params.window_s * params.fs))
-    x = _window_scale(x, win)
-
     symbols = np.asarray(ann.symbol)
     pos = np.clip(np.round(ann.sample * params.fs / fs_in).astype(np.int64), 0, len(x) - 1)
     is_beat = np.isin(symbols, list(BEAT_SYMBOLS))
+    x = _window_scale(x, win) if params.scale == "window" else _record_scale(x, params.fs, pos[is_beat])
     med_rr = _window_median_rr(pos[is_beat], -(-len(x) // win), win)
 
     keep = np.isin(symbols, list(AAMI_MAP))
-    starts = pos[keep]
-    spans = np.minimum(np.round(params.rr_factor * med_rr[starts // win]).astype(np.int64), params.length)
+    starts = pos[keep] - params.before
     offsets = np.arange(params.length)
     idx = starts[:, None] + offsets[None, :]
-    valid = (offsets[None, :] < spans[:, None]) & (idx < len(x))
-    beats = np.where(valid, x[np.minimum(idx, len(x) - 1)], 0.0).astype(np.float32)
+    valid = (idx >= 0) & (idx < len(x))
+    if params.rr_factor is not None:
+        spans = np.round(params.rr_factor * med_rr[pos[keep] // win]).astype(np.int64) + params.before
+        valid &= offsets[None, :] < spans[:, None]
+    beats = np.where(valid, x[np.clip(idx, 0, len(x) - 1)], 0.0).astype(np.float32)
     labels = np.array([AAMI_MAP[s] for s in symbols[keep]], dtype=np.int64)
     rr = rr_features(ann.sample[is_beat], ann.sample[keep])
     return {"x": beats, "label": labels, "sample": ann.sample[keep].astype(np.int64),
@@ -300,8 +343,10 @@ def _manifest(beats: dict[str, np.ndarray], split: dict[str, np.ndarray], seed: 
 def _split_from_manifest(beats: dict[str, np.ndarray], manifest: dict[str, Any],
                          params: BeatParams) -> dict[str, np.ndarray]:
     """Indices of the beats a saved splits.json names; an error if they do not match the extraction."""
-    # the beats (record, sample) are checked one by one below, so a later EXTRACTION_VERSION is accepted
-    if {k: v for k, v in (manifest.get("extraction") or {}).items() if k != "version"} != asdict(params):
+    # the beats (record, sample) are checked one by one below, so a later EXTRACTION_VERSION is accepted;
+    # parameters added since (``before``, ``scale``) take their defaults, which older extractions used
+    saved = {k: v for k, v in (manifest.get("extraction") or {}).items() if k != "version"}
+    if {**asdict(BeatParams()), **saved} != asdict(params):
         raise ECGError("the run's splits.json was made with other extraction parameters; start a new run "
                        "with --version bump")
     key = beats["record"] * 1_000_000 + beats["sample"]
@@ -321,15 +366,20 @@ def _split_from_manifest(beats: dict[str, np.ndarray], manifest: dict[str, Any],
 
 def build(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, protocol: str = "intra",
           saved_manifest: dict | None = None, data_url: str | None = None, progress: bool = True,
-          rr_features: bool = False) -> DataSplits:
+          rr_features: bool = False, beat_format: str = "kaggle", median_beat: bool = False) -> DataSplits:
     """The MIT-BIH train/val/test datasets (5 AAMI classes, or N versus the rest when ``binary``).
 
     ``protocol`` ``intra``: stratified random beats; ``inter``: DS1 records for training, DS2 for testing.
     ``rr_features``: each beat also gets its ``RR_FEATURES`` as constant input channels after the signal.
+    ``beat_format``: how a beat is cut and scaled (``BEAT_FORMATS``).
+    ``median_beat``: a second signal channel holds the median of the beat's record's beats that do not come
+    early (``record_templates``).
     """
     if protocol not in PROTOCOLS:
         raise ECGError(f"unknown split '{protocol}'; valid: {', '.join(PROTOCOLS)}")
-    params = BeatParams()
+    if beat_format not in BEAT_FORMATS:
+        raise ECGError(f"unknown beat format '{beat_format}'; valid: {', '.join(BEAT_FORMATS)}")
+    params = BEAT_FORMATS[beat_format]
     beats = load_beats(raw_dir, cache_dir, params, data_url=data_url, progress=progress)
     if saved_manifest is not None and saved_manifest.get("protocol") != PROTOCOLS[protocol]:
         raise ECGError(f"the run's splits.json holds a {saved_manifest.get('protocol')} split, not "
@@ -350,13 +400,18 @@ def build(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, prot
     labels = (beats["label"] > 0).astype(np.int64) if binary else beats["label"]
     classes = BINARY_CLASSES if binary else AAMI_CLASSES
 
+    templates = (record_templates(beats["x"], beats["record"], beats["rr"][:, RR_FEATURES.index("pre/local")])
+                 if median_beat else None)
+
     def subset(idx: np.ndarray) -> ECGDataset:
         x = beats["x"][idx, None, :]
+        if templates is not None:
+            x = np.concatenate([x, templates[idx, None, :]], axis=1)
         if rr_features:
             x = np.concatenate([x, np.repeat(beats["rr"][idx, :, None], x.shape[2], axis=2)], axis=1)
         return ECGDataset(x, labels[idx], classes,
                           meta={"record": beats["record"][idx], "sample": beats["sample"][idx]})
 
     return DataSplits(subset(split["train"]), subset(split["val"]), subset(split["test"]),
-                      {**manifest, "rr_features": RR_FEATURES if rr_features else []},
+                      {**manifest, "rr_features": RR_FEATURES if rr_features else [], "median_beat": median_beat},
                       feature_channels=len(RR_FEATURES) if rr_features else 0)

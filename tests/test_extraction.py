@@ -54,6 +54,24 @@ def test_window_scale_maps_each_window_to_unit_range() -> None:
     assert np.all(y[20:] == 0.0)  # a flat window does not divide by zero
 
 
+def test_record_scale_removes_baseline_wander_and_sets_the_beats_to_one() -> None:
+    fs = 125
+    t = np.arange(60 * fs) / fs
+    beats = np.arange(fs // 2, len(t) - fs, fs)  # 60 beats per minute
+    spikes = np.zeros_like(t)
+    for k, b in enumerate(beats):  # 40 ms wide QRS spikes; every 10th beat twice as tall
+        spikes[b - 2:b + 3] = (2.0 if k % 10 else 4.0) * np.array([0.5, 0.8, 1.0, 0.8, 0.5])
+    wander = 1.5 * np.sin(2 * np.pi * 0.2 * t) + 3.0  # breathing and an offset
+    y = mitdb._record_scale(spikes + wander, fs, beats)
+    assert np.median(y[beats]) == pytest.approx(1.0)
+    np.testing.assert_allclose(y[beats[::10]], 2.0, atol=0.05)  # relative sizes are kept
+    between = np.ones(len(t), bool)
+    for b in beats:
+        between[b - 5:b + 6] = False
+    assert np.abs(y[between]).max() < 0.05  # the wander is gone (it was 1.5 / 2 = 0.75 of a beat)
+    assert np.all(np.isfinite(mitdb._record_scale(np.zeros(100), fs, np.array([10, 50]))))  # flat: no 0 / 0
+
+
 def test_window_median_rr_falls_back_to_record_median() -> None:
     beats = np.array([0, 10, 20, 30, 45, 60, 200])  # window 0: RR 10,10,10; window 1 (100-199): none
     med = mitdb._window_median_rr(beats, 3, 100)

@@ -63,13 +63,96 @@ def test_rr_features_are_constant_channels_after_the_beat(inter_rr, cache_root: 
         np.testing.assert_array_equal(features[:, :, 0].numpy(), beats["rr"][want])
 
 
-def test_rr_features_need_the_raw_records(tmp_path: Path, beats: dict) -> None:
+# --- beat window ------------------------------------------------------------------------------------------------
+
+
+def test_centered_and_filtered_beats_add_the_samples_before_the_r_peak(data_root: Path) -> None:
+    before = mitdb.BEAT_FORMATS["centered"].before
+    kaggle_beats = mitdb.extract_record(data_root / "mitdb", "208", mitdb.BEAT_FORMATS["kaggle"])
+    centered = mitdb.extract_record(data_root / "mitdb", "208", mitdb.BEAT_FORMATS["centered"])
+    for key in ("label", "sample", "rr"):  # the same beats, in the same order
+        np.testing.assert_array_equal(kaggle_beats[key], centered[key])
+    k, c = kaggle_beats["x"][:, : 187 - before], centered["x"][:, before:]
+    inside = k != 0  # the Kaggle beat is zero after 1.2 x RR; where it has signal, it is the centered beat shifted
+    assert inside.mean() > 0.5 and np.array_equal(k[inside], c[inside])
+    assert abs(np.median(centered["x"].argmax(axis=1)) - before) <= 2  # the R peak sits at sample ``before``
+    assert (centered["x"][1:-1, :before] != 0).any(axis=1).all()  # signal before the peak, not zero padding
+    assert (centered["x"][1:-1] == 0).mean() < 0.01  # and no cut at 1.2 x RR
+
+    filtered = mitdb.extract_record(data_root / "mitdb", "208", mitdb.BEAT_FORMATS["filtered"])
+    np.testing.assert_array_equal(filtered["label"], centered["label"])
+    assert np.median(np.abs(filtered["x"][:, before])) == pytest.approx(1.0, abs=0.02)  # beats scaled to the record's
+    assert abs(np.median(filtered["x"])) < 0.05 < abs(np.median(centered["x"]))  # baseline near 0, not min-max
+
+
+def test_splits_json_of_the_other_window_is_refused_and_older_ones_load(cache_root: Path, data_root: Path,
+                                                                       beats: dict) -> None:
+    split = mitdb.intra_patient_split(beats["label"], 0)
+    kaggle_manifest = mitdb._manifest(beats, split, 0, mitdb.BEAT_FORMATS["kaggle"])
+    with pytest.raises(ECGError, match="other extraction parameters"):
+        mitdb.build(data_root / "mitdb", cache_root / "cache", binary=False, split_seed=0,
+                    saved_manifest=kaggle_manifest, progress=False, beat_format="centered")
+    for key in ("before", "scale"):  # as written before --beat-format existed
+        del kaggle_manifest["extraction"][key]
+    old = mitdb.build(data_root / "mitdb", cache_root / "cache", binary=False, split_seed=0,
+                      saved_manifest=kaggle_manifest, progress=False)
+    assert len(old.test) == len(split["test"])
+    with pytest.raises(ECGError, match="unknown beat format 'wide'; valid: kaggle, centered, filtered"):
+        mitdb.build(data_root / "mitdb", cache_root / "cache", binary=False, split_seed=0, beat_format="wide")
+
+
+@pytest.mark.parametrize("flags", [["--rr-features"], ["--beat-format", "centered"], ["--median-beat"]])
+def test_beat_options_need_the_raw_mitbih_records(flags: list[str], tmp_path: Path, beats: dict) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--dataset", "ptb", *flags])
     folder = tmp_path / "data" / "mitdb"
     for name in ("mitbih_train.csv", "mitbih_test.csv"):
         kaggle.write_csv(folder / name, beats["x"][:50], beats["label"][:50])
-    proc = run_cli("--dataset", "ecg", "--rr-features", "--short-run", "--root-dir", str(tmp_path / "root"),
+    proc = run_cli("--dataset", "ecg", *flags, "--short-run", "--root-dir", str(tmp_path / "root"),
                    env={"ECG_DATA_ROOT": str(tmp_path / "data")})
-    assert "--rr-features needs the raw MIT-BIH records" in one_line_error(proc)
+    assert f"{' '.join(flags)} needs the raw MIT-BIH records" in one_line_error(proc)
+
+
+# --- median beat of the record ----------------------------------------------------------------------------------
+
+
+def test_record_templates_by_hand() -> None:
+    n = mitdb.MIN_TEMPLATE_BEATS
+    x = np.concatenate([np.full((n, 2), 1.0), np.full((n - 1, 2), 5.0), [[0, 1], [2, 3], [10, 10]]]).astype(np.float32)
+    records = np.array([1] * (2 * n - 1) + [2] * 3)
+    prematurity = np.array([1.0] * (n - 2) + [1.8, 0.9] + [0.7] * (n - 1) + [1.0, 1.0, 0.6])
+    # record 1: the beats that are not early (on time or late) only, although the early ones are nearly half;
+    # record 2 has too few of them, so all its beats count (and the median ignores the outlier)
+    np.testing.assert_array_equal(mitdb.record_templates(x, records, prematurity),
+                                  [[1, 1]] * (2 * n - 1) + [[2, 3]] * 3)
+
+
+def test_median_beat_is_a_second_signal_channel(inter_rr, cache_root: Path, data_root: Path, beats: dict) -> None:
+    data = mitdb.build(data_root / "mitdb", cache_root / "cache", binary=False, split_seed=0, protocol="inter",
+                       progress=False, rr_features=True, median_beat=True)
+    assert (data.in_channels, data.signal_channels, data.feature_channels) == (6, 2, 4)
+    assert data.manifest["median_beat"] is True and inter_rr.manifest["median_beat"] is False
+    assert torch.equal(data.test.x[:, [0, 2, 3, 4, 5]], inter_rr.test.x) and torch.equal(data.test.labels,
+                                                                                          inter_rr.test.labels)
+    for record in (214, 232):  # DS2 records: the template is their own, from all their beats
+        mine = data.test.meta["record"] == record
+        not_early = (beats["record"] == record) & (beats["rr"][:, 3] >= mitdb.NOT_EARLY)
+        want = np.median(beats["x"][not_early], axis=0)
+        np.testing.assert_allclose(data.test.x[mine, 1].numpy(), np.broadcast_to(want, (mine.sum(), 187)))
+
+
+def test_centered_median_beat_run_records_its_inputs_and_tests(tmp_path: Path, capsys) -> None:
+    flags = ["--dataset", "ecg", "--model-name", "cnn1d_3", "--short-run", "--beat-format", "centered",
+             "--median-beat", "--root-dir", str(tmp_path), "--epochs", "1"]
+    assert run_name(parse_args(flags)).endswith("_crossentropy_beats-centered_med")
+    assert commander.main(flags) == 0
+    assert "--beat-format centered --median-beat --test --resume best" in capsys.readouterr().out  # the hint
+    run = tmp_path / "ecg" / "runs" / f"{run_name(parse_args(flags))}_1"
+    extraction = json.loads((run / "splits.json").read_text())["extraction"]
+    assert extraction["before"] == mitdb.BEAT_FORMATS["centered"].before and extraction["rr_factor"] is None
+    assert json.loads((run / "config.json").read_text())["dataset"]["in_channels"] == 2
+    assert commander.main([*flags, "--test"]) == 0
+    assert "test (model_best.pth.tar, epoch" in capsys.readouterr().out
 
 
 # --- augmentation -----------------------------------------------------------------------------------------------
