@@ -1,11 +1,14 @@
 """Train and test named configurations through commander.py, several seeds each, and print a Markdown table.
 
-    python benchmarks/quality.py CONFIG [CONFIG ...] [--seeds 0 1 2] [--root-dir bench_runs]
+    python benchmarks/quality.py CONFIG [CONFIG ...] [--seeds 0 1 2] [--root-dir bench_runs] [--ensemble]
     python benchmarks/quality.py --list
 
 Each seed is a new version of the run (``--seed S --version bump``), tested with ``--test --resume best``
 on the split's test set (model selection sees validation data only). Rows give mean +- sd over seeds.
-Needs the data under ``$ECG_DATA_ROOT`` (or ``<root-dir>/<db>``).
+``--ensemble`` adds a row per single-label configuration for the mean of the seeds' test probabilities
+(soft voting; each member is still chosen on validation only); an ``ENSEMBLES`` name does the same over
+every seed of several configurations. Needs the data under ``$ECG_DATA_ROOT``
+(or ``<root-dir>/<db>``).
 """
 from __future__ import annotations
 
@@ -20,8 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
 import commander  # noqa: E402
 from args import existing_versions, parse_args, run_name  # noqa: E402
+from toolbox.metrics import classification_metrics  # noqa: E402
 
 # name -> flags of commander.py (the published configurations)
 CONFIGS: dict[str, list[str]] = {
@@ -31,18 +38,35 @@ CONFIGS: dict[str, list[str]] = {
     "intra-resnet1d_10-rr": ["--dataset", "ecg", "--model-name", "resnet1d_10", "--rr-features"],
     "intra-resnet1d_10_small-rr": ["--dataset", "ecg", "--model-name", "resnet1d_10_small", "--rr-features"],
     "intra-resnet1d_10_small-rr-30": ["--dataset", "ecg", "--model-name", "resnet1d_10_small", "--rr-features",
-                                      "--epochs", "30"],
+                                     "--epochs", "30"],
+    "intra-resnet1d_10_small-rr-centered": ["--dataset", "ecg", "--model-name", "resnet1d_10_small", "--rr-features",
+                                           "--beat-format", "centered"],
+    "intra-resnet1d_10_small-rr-filtered": ["--dataset", "ecg", "--model-name", "resnet1d_10_small", "--rr-features",
+                                           "--beat-format", "filtered"],
+    "intra-resnet1d_10_small-rr-filtered-med": ["--dataset", "ecg", "--model-name", "resnet1d_10_small",
+                                               "--rr-features", "--beat-format", "filtered", "--median-beat"],
     "inter-cnn1d_3-rr": ["--dataset", "ecg", "--split", "inter", "--model-name", "cnn1d_3", "--rr-features"],
     "inter-resnet1d_10-rr": ["--dataset", "ecg", "--split", "inter", "--model-name", "resnet1d_10", "--rr-features"],
     "inter-cnn1d_3-rr-balanced": ["--dataset", "ecg", "--split", "inter", "--model-name", "cnn1d_3", "--rr-features",
-                                  "--class-balance", "importance"],
+                                 "--class-balance", "importance"],
     "inter-cnn1d_3-rr-augment": ["--dataset", "ecg", "--split", "inter", "--model-name", "cnn1d_3", "--rr-features",
-                                 "--augment", "scale", "noise", "wander", "shift"],
+                                "--augment", "scale", "noise", "wander", "shift"],
+    "inter-cnn1d_3-rr-centered": ["--dataset", "ecg", "--split", "inter", "--model-name", "cnn1d_3", "--rr-features",
+                                 "--beat-format", "centered"],
+    "inter-cnn1d_3-rr-filtered-med": ["--dataset", "ecg", "--split", "inter", "--model-name", "cnn1d_3",
+                                     "--rr-features", "--beat-format", "filtered", "--median-beat"],
+    "inter-cnn1d_3-rr-filtered": ["--dataset", "ecg", "--split", "inter", "--model-name", "cnn1d_3", "--rr-features",
+                                 "--beat-format", "filtered"],
     "inter-resnet1d_10": ["--dataset", "ecg", "--split", "inter", "--model-name", "resnet1d_10"],
-    "inter-resnet1d_10-sampler": ["--dataset", "ecg", "--split", "inter", "--model-name", "resnet1d_10",
-                                  "--sampler", "importance"],
+    "inter-resnet1d_10-sampler": ["--dataset", "ecg", "--split", "inter", "--model-name", "resnet1d_10", "--sampler",
+                                 "importance"],
     "ptbxl-cnn1d_3": ["--dataset", "ptbxl", "--model-name", "cnn1d_3", "--batch-size", "32", "--epochs", "30"],
     "cinc2020-cnn1d_3": ["--dataset", "cinc2020", "--model-name", "cnn1d_3", "--batch-size", "16", "--epochs", "30"],
+}
+
+# name -> configurations whose runs (every seed of each) are scored as one model: mean test probabilities
+ENSEMBLES: dict[str, list[str]] = {
+    "inter-cnn1d_3-rr-filtered-and-med": ["inter-cnn1d_3-rr-filtered", "inter-cnn1d_3-rr-filtered-med"],
 }
 
 
@@ -64,17 +88,32 @@ def run_seed(flags: list[str], seed: int, root: Path) -> dict:
             "minutes": minutes, "run": run.name}
 
 
+def ensemble(results: list[dict], root: Path, dataset: str) -> dict:
+    """The seeds' runs as one model: their test probabilities averaged, scored like a run (single-label only)."""
+    tables = [pd.read_csv(root / dataset / "runs" / r["run"] / "pred" / "test_best_predictions.csv")
+              for r in results]
+    same = [c for c in tables[0].columns if c != "pred" and not c.startswith("p_")]  # index, record, sample, target
+    if any(not t[same].equals(tables[0][same]) for t in tables[1:]):
+        raise SystemExit(f"the runs {', '.join(r['run'] for r in results)} were tested on different examples")
+    classes = [c.removeprefix("p_") for c in tables[0].columns if c.startswith("p_")]
+    probs = np.mean([t[[f"p_{c}" for c in classes]].to_numpy() for t in tables], axis=0)
+    metrics = classification_metrics(tables[0]["target"].to_numpy(), probs.argmax(axis=1), classes)
+    return {"metrics": metrics, "params": sum(r["params"] for r in results), "epochs": results[0]["epochs"],
+            "minutes": sum(r["minutes"] for r in results), "run": "+".join(r["run"] for r in results)}
+
+
 def mean_sd(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
     values = [v * scale for v in values]
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
-def row(config: str, flags: list[str], results: list[dict]) -> tuple[str, str]:
-    """(header, row) of the Markdown table for one configuration."""
+def row(config: str, flags: list[str], results: list[dict], seeds: int | None = None) -> tuple[str, str]:
+    """(header, row) of the Markdown table for one configuration (``seeds``: shown instead of len(results))."""
     m = [r["metrics"] for r in results]
     head = ["config", "seeds", "params", "epochs", "train+val min"]
-    cells = [f"`{config}`", str(len(results)), f"{results[0]['params'] / 1e3:.0f} k", str(results[0]["epochs"]),
+    cells = [f"`{config}`", str(seeds or len(results)), f"{results[0]['params'] / 1e3:.0f} k",
+             str(results[0]["epochs"]),
              mean_sd([r["minutes"] for r in results], digits=1)]
     if "macro_auroc" in m[0]:  # multi-label
         keys = ["macro_auroc", "macro_auprc", "accuracy", "macro_f1"] + (["challenge"] if "challenge" in m[0] else [])
@@ -97,25 +136,45 @@ def main() -> None:
     p.add_argument("configs", nargs="*", help=f"from: {', '.join(CONFIGS)}")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--root-dir", type=Path, default=Path("bench_runs"))
+    p.add_argument("--ensemble", action="store_true",
+                   help="also score each single-label configuration's seeds as one model (mean probabilities)")
     p.add_argument("--list", action="store_true", help="print the configurations and their flags")
     args = p.parse_args()
     if args.list or not args.configs:
         for name, flags in CONFIGS.items():
             print(f"{name}: python commander.py {shlex.join(flags)}")
+        for name, members in ENSEMBLES.items():
+            print(f"{name}: mean test probabilities of every seed of {' and '.join(members)}")
         return
-    unknown = [c for c in args.configs if c not in CONFIGS]
+    unknown = [c for c in args.configs if c not in CONFIGS and c not in ENSEMBLES]
     if unknown:
         p.error(f"unknown configuration(s) {', '.join(unknown)}; --list shows them")
     tables: dict[str, list[str]] = {}
     commands = []
-    for config in args.configs:
-        results = [run_seed(CONFIGS[config], seed, args.root_dir) for seed in args.seeds]
-        head, line = row(config, CONFIGS[config], results)
-        tables.setdefault(head, []).append(line)
-        commands.append(f"python commander.py {shlex.join(CONFIGS[config])} --seed S  # then --test; "
-                        f"runs {', '.join(r['run'] for r in results)}")
+    done: dict[str, list[dict]] = {}  # configuration -> its seeds' results, each trained once per invocation
+    for name in args.configs:
+        members = ENSEMBLES.get(name, [name])
+        for config in members:
+            if config in done:
+                continue
+            results = done[config] = [run_seed(CONFIGS[config], seed, args.root_dir) for seed in args.seeds]
+            head, line = row(config, CONFIGS[config], results)
+            tables.setdefault(head, []).append(line)
+            if args.ensemble and "macro_auroc" not in results[0]["metrics"]:
+                dataset = parse_args(CONFIGS[config]).dataset
+                head, line = row(f"{config} ensemble", CONFIGS[config], [ensemble(results, args.root_dir, dataset)],
+                                 seeds=len(results))
+                tables[head].append(line)
+            commands.append(f"python commander.py {shlex.join(CONFIGS[config])} --seed S  # then --test; "
+                            f"runs {', '.join(r['run'] for r in results)}")
+        if name in ENSEMBLES:
+            pooled = [r for config in members for r in done[config]]
+            dataset = parse_args(CONFIGS[members[0]]).dataset
+            head, line = row(name, CONFIGS[members[0]], [ensemble(pooled, args.root_dir, dataset)], seeds=len(pooled))
+            tables.setdefault(head, []).append(line)
     print(f"\n# Quality, {time.strftime('%Y-%m-%d')}, {platform.machine()}, seeds {args.seeds}\n")
-    print(f"`python benchmarks/quality.py {' '.join(args.configs)} --seeds {' '.join(map(str, args.seeds))}`\n")
+    print(f"`python benchmarks/quality.py {' '.join(args.configs)} --seeds {' '.join(map(str, args.seeds))}"
+          f"{' --ensemble' if args.ensemble else ''}`\n")
     for head, lines in tables.items():
         print(head)
         print("|" + "---|" * head.count(" | ") + "---|")
