@@ -67,12 +67,8 @@ def run(args: argparse.Namespace) -> int:
     manifest = read_json(splits_file) if splits_file.is_file() else None
     raw = raw_dir(spec.db, args.root_dir)
     extra = {"fs": args.fs, "seq_len": args.seq_len} if spec.multilabel else {}
-    if args.rr_features:
-        extra["rr_features"] = True
-    if args.beat_format != "kaggle":
-        extra["beat_format"] = args.beat_format
-    if args.median_beat:
-        extra["median_beat"] = True
+    if spec.db == "mitdb":  # the beat options (the parser refuses them for the other datasets)
+        extra = {"rr_features": args.rr_features, "beat_format": args.beat_format, "median_beat": args.median_beat}
     data = spec.build(raw, args.root_dir / "cache", split_seed=args.split_seed, protocol=args.split,
                       saved_manifest=manifest, data_url=args.data_url, **extra)
     check_num_classes(args, data.classes)

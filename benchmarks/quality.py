@@ -85,13 +85,12 @@ def run_seed(flags: list[str], seed: int, root: Path) -> dict:
     config = json.loads((run / "config.json").read_text())
     minutes = sum(r["seconds"] for r in log["train"]) / 60 + sum(r["seconds"] for r in log["val"]) / 60
     return {"metrics": metrics, "params": config["model"]["parameters"], "epochs": len(log["train"]),
-            "minutes": minutes, "run": run.name}
+            "minutes": minutes, "run": run.name, "dir": run}
 
 
-def ensemble(results: list[dict], root: Path, dataset: str) -> dict:
+def ensemble(results: list[dict]) -> dict:
     """The seeds' runs as one model: their test probabilities averaged, scored like a run (single-label only)."""
-    tables = [pd.read_csv(root / dataset / "runs" / r["run"] / "pred" / "test_best_predictions.csv")
-              for r in results]
+    tables = [pd.read_csv(r["dir"] / "pred" / "test_best_predictions.csv") for r in results]
     same = [c for c in tables[0].columns if c != "pred" and not c.startswith("p_")]  # index, record, sample, target
     if any(not t[same].equals(tables[0][same]) for t in tables[1:]):
         raise SystemExit(f"the runs {', '.join(r['run'] for r in results)} were tested on different examples")
@@ -161,16 +160,13 @@ def main() -> None:
             head, line = row(config, CONFIGS[config], results)
             tables.setdefault(head, []).append(line)
             if args.ensemble and "macro_auroc" not in results[0]["metrics"]:
-                dataset = parse_args(CONFIGS[config]).dataset
-                head, line = row(f"{config} ensemble", CONFIGS[config], [ensemble(results, args.root_dir, dataset)],
-                                 seeds=len(results))
+                head, line = row(f"{config} ensemble", CONFIGS[config], [ensemble(results)], seeds=len(results))
                 tables[head].append(line)
             commands.append(f"python commander.py {shlex.join(CONFIGS[config])} --seed S  # then --test; "
                             f"runs {', '.join(r['run'] for r in results)}")
         if name in ENSEMBLES:
             pooled = [r for config in members for r in done[config]]
-            dataset = parse_args(CONFIGS[members[0]]).dataset
-            head, line = row(name, CONFIGS[members[0]], [ensemble(pooled, args.root_dir, dataset)], seeds=len(pooled))
+            head, line = row(name, CONFIGS[members[0]], [ensemble(pooled)], seeds=len(pooled))
             tables.setdefault(head, []).append(line)
     print(f"\n# Quality, {time.strftime('%Y-%m-%d')}, {platform.machine()}, seeds {args.seeds}\n")
     print(f"`python benchmarks/quality.py {' '.join(args.configs)} --seeds {' '.join(map(str, args.seeds))}"

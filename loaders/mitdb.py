@@ -251,7 +251,6 @@ def extract_record(raw_dir: Path, record: str, params: BeatParams = BeatParams()
     pos = np.clip(np.round(ann.sample * params.fs / fs_in).astype(np.int64), 0, len(x) - 1)
     is_beat = np.isin(symbols, list(BEAT_SYMBOLS))
     x = _window_scale(x, win) if params.scale == "window" else _record_scale(x, params.fs, pos[is_beat])
-    med_rr = _window_median_rr(pos[is_beat], -(-len(x) // win), win)
 
     keep = np.isin(symbols, list(AAMI_MAP))
     starts = pos[keep] - params.before
@@ -259,6 +258,7 @@ def extract_record(raw_dir: Path, record: str, params: BeatParams = BeatParams()
     idx = starts[:, None] + offsets[None, :]
     valid = (idx >= 0) & (idx < len(x))
     if params.rr_factor is not None:
+        med_rr = _window_median_rr(pos[is_beat], -(-len(x) // win), win)
         spans = np.round(params.rr_factor * med_rr[pos[keep] // win]).astype(np.int64) + params.before
         valid &= offsets[None, :] < spans[:, None]
     beats = np.where(valid, x[np.clip(idx, 0, len(x) - 1)], 0.0).astype(np.float32)

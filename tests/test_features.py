@@ -63,7 +63,7 @@ def test_rr_features_are_constant_channels_after_the_beat(inter_rr, cache_root: 
         np.testing.assert_array_equal(features[:, :, 0].numpy(), beats["rr"][want])
 
 
-# --- beat window ------------------------------------------------------------------------------------------------
+# --- beat formats -----------------------------------------------------------------------------------------------
 
 
 def test_centered_and_filtered_beats_add_the_samples_before_the_r_peak(data_root: Path) -> None:
@@ -85,8 +85,8 @@ def test_centered_and_filtered_beats_add_the_samples_before_the_r_peak(data_root
     assert abs(np.median(filtered["x"])) < 0.05 < abs(np.median(centered["x"]))  # baseline near 0, not min-max
 
 
-def test_splits_json_of_the_other_window_is_refused_and_older_ones_load(cache_root: Path, data_root: Path,
-                                                                       beats: dict) -> None:
+def test_splits_json_of_another_beat_format_is_refused_and_older_ones_load(cache_root: Path, data_root: Path,
+                                                                           beats: dict) -> None:
     split = mitdb.intra_patient_split(beats["label"], 0)
     kaggle_manifest = mitdb._manifest(beats, split, 0, mitdb.BEAT_FORMATS["kaggle"])
     with pytest.raises(ECGError, match="other extraction parameters"):
@@ -134,7 +134,7 @@ def test_median_beat_is_a_second_signal_channel(inter_rr, cache_root: Path, data
     assert data.manifest["median_beat"] is True and inter_rr.manifest["median_beat"] is False
     assert torch.equal(data.test.x[:, [0, 2, 3, 4, 5]], inter_rr.test.x) and torch.equal(data.test.labels,
                                                                                           inter_rr.test.labels)
-    for record in (214, 232):  # DS2 records: the template is their own, from all their beats
+    for record in (214, 232):  # DS2 records: the template is their own, from their beats that are not early
         mine = data.test.meta["record"] == record
         not_early = (beats["record"] == record) & (beats["rr"][:, 3] >= mitdb.NOT_EARLY)
         want = np.median(beats["x"][not_early], axis=0)
