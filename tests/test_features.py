@@ -86,11 +86,11 @@ def test_centered_and_filtered_beats_add_the_samples_before_the_r_peak(data_root
 
 
 def test_splits_json_of_another_beat_format_is_refused_and_older_ones_load(cache_root: Path, data_root: Path,
-                                                                           beats: dict) -> None:
+                                                                           beats: dict, tmp_path: Path) -> None:
     split = mitdb.intra_patient_split(beats["label"], 0)
     kaggle_manifest = mitdb._manifest(beats, split, 0, mitdb.BEAT_FORMATS["kaggle"])
-    with pytest.raises(ECGError, match="other extraction parameters"):
-        mitdb.build(data_root / "mitdb", cache_root / "cache", binary=False, split_seed=0,
+    with pytest.raises(ECGError, match="other extraction parameters"):  # its own cache: the shared one holds one file
+        mitdb.build(data_root / "mitdb", tmp_path / "cache", binary=False, split_seed=0,
                     saved_manifest=kaggle_manifest, progress=False, beat_format="centered")
     for key in ("before", "scale"):  # as written before --beat-format existed
         del kaggle_manifest["extraction"][key]
