@@ -15,7 +15,6 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,11 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import trainer  # noqa: E402
-from loaders import make_dataloader, mitdb  # noqa: E402
-from models import get_model  # noqa: E402
+import trainer
+from loaders import mitdb
+from loaders.dataset import make_dataloader
+from models import get_model
 
 
 def optimiser(model: torch.nn.Module, steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
