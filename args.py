@@ -1,21 +1,40 @@
-"""Command-line flags, their validation, and run naming and versioning."""
+"""Command-line flags, their validation, and run naming and versioning.
+
+This module imports nothing heavy (no torch, scipy, pandas or scikit-learn), so ``commander.py --help``
+answers at once.
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from loaders import DATASETS
-from loaders.mitdb import BEAT_FORMATS
+from loaders import BEAT_FORMAT_NAMES, DATASETS
 from models import MODELS
-from toolbox.augment import AUGMENTATIONS
-from toolbox.checkpoint import LAST
-from toolbox.losses import BALANCE_POWERS, CRITERIA
-from toolbox.metrics import THRESHOLD_OBJECTIVES
-from toolbox.optimizers import OPTIMIZERS, SCHEDULERS
 from toolbox.utils import ECGError
+
+# The names the selector flags accept. The selectors (toolbox.optimizers, toolbox.losses, toolbox.augment,
+# toolbox.metrics) import torch or scikit-learn; tests/test_args.py checks that they offer exactly these names.
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("StepLR", "ExponentialLR", "ReduceLROnPlateau", "CosineAnnealingLR", "OneCycleLR", "none")
+CRITERIA = ("crossentropy", "focal", "bce")
+BALANCE = ("equal", "importance")
+AUGMENTATIONS = ("scale", "noise", "wander", "shift")
+THRESHOLD_OBJECTIVES = ("f1", "challenge")
+USES_STEP = ("StepLR", "ReduceLROnPlateau")  # schedulers that read --step
+USES_DECAY = ("StepLR", "ExponentialLR", "ReduceLROnPlateau")  # schedulers that read --lr-decay
+EPOCH_SHAPED = ("OneCycleLR", "CosineAnnealingLR")  # their shape is fixed by --lr and --epochs at the start
+# --override on --resume: the training settings a run may change deliberately (name -> destination)
+OVERRIDABLE = {"lr": "lr", "weight-decay": "weight_decay", "momentum": "momentum", "lr-decay": "lr_decay",
+               "step": "step", "amp": "amp"}
+# Flags outside the run name that change what is trained: on --resume they are taken from the checkpoint,
+# and one given on the command line must agree with it (on --test: the seed only).
+RECORDED = ("seed", "short_run", "amp")
+MIN_WINDOW = 16  # samples in a record window (--fs x --seq-len); every model accepts this many
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -46,44 +65,55 @@ def word_or_number(kind: str):
     return parse
 
 
-def _positive(cast):
+def number(cast, *, low: float | None = None, high: float | None = None, low_open: bool = False,
+           high_open: bool = True, what: str = ""):
+    """Argument type: a ``cast`` number within [low, high) (or the bounds ``low_open``/``high_open`` say)."""
     def parse(text: str):
         try:
             value = cast(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if cast is int else 'a number'}, "
+                                             f"got '{text}'") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high or value != value:  # value != value: NaN
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
         return value
 
-    parse.__name__ = f"positive {cast.__name__}"
+    parse.__name__ = f"{cast.__name__} ({what})"
     return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+POSITIVE_INT = number(int, low=0, low_open=True, what="positive")
+POSITIVE = number(float, low=0, low_open=True, high=float("inf"), what="positive")
+NON_NEGATIVE_INT = number(int, low=0, what="0 or more")
+NON_NEGATIVE = number(float, low=0, high=float("inf"), what="0 or more")
+SEED = number(int, low=0, high=2**32, what="an integer from 0 to 2**32 - 1")
+FRACTION = number(float, low=0, high=1, what="at least 0 and below 1")
+FACTOR = number(float, low=0, high=1, low_open=True, high_open=False, what="above 0 and at most 1")
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
-    return value
+def url(text: str) -> str:
+    """Argument type: an http(s):// or file:// URL."""
+    if not re.match(r"(https?|file)://\S+$", text):
+        raise argparse.ArgumentTypeError(f"expected an http://, https:// or file:// URL, got '{text}'")
+    return text
+
+
+def override(text: str) -> tuple[str, str]:
+    """Argument type of ``--override``: ``NAME=VALUE`` with NAME one of ``OVERRIDABLE``."""
+    name, sep, value = text.partition("=")
+    if not sep or name not in OVERRIDABLE:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with NAME one of {', '.join(OVERRIDABLE)}, "
+                                         f"got '{text}'")
+    return name, value
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     """The commander's parser, in argument groups; reusable by other scripts."""
     p = OneLineParser(prog="commander.py", description="Train and evaluate deep-learning ECG classifiers.",
                       formatter_class=DefaultsHelpFormatter)
+    sources = ", ".join(s.removeprefix("source-") for s in DATASETS["cinc2020"].splits[1:])
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="ecg", choices=list(DATASETS),
@@ -99,24 +129,29 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="ecg, ecg_bin: intra (default; stratified random beats, test 20%%, val 10%% of the rest) "
                         "or inter (de Chazal DS1 -> DS2 records, validation = whole DS1 records, paced records "
                         "left out); ptb: intra; cinc2020: records (default; stratified by labels, test 20%%, val "
-                        "20%% of the rest) or source-X (test on every record of source X: "
-                        f"{', '.join(DATASETS['cinc2020'].splits[1:])}); ptbxl: folds (strat_fold 1-8 / 9 / 10)")
-    g.add_argument("--split-seed", default=0, type=int,
-                   help="seed of the stratified train/val/test split (fixed so runs share one test set)")
-    g.add_argument("--data-url", default=None,
+                        f"20%% of the rest) or source-X (test on every record of source X: {sources}); "
+                        "ptbxl: folds (strat_fold 1-8 / 9 / 10)")
+    g.add_argument("--split-seed", default=0, type=SEED,
+                   help="seed of the train/val/test split and of --folds (fixed so runs share one test set)")
+    g.add_argument("--folds", default=None, type=number(int, low=2, what="2 or more"), metavar="K",
+                   help="ecg, ecg_bin with --split inter: cross-validation inside DS1 in K folds of whole records "
+                        "(each holding S and V beats); with --fold I the run tests on fold I and trains on the "
+                        "other folds (validation records drawn from them); DS2 is not used")
+    g.add_argument("--fold", default=None, type=POSITIVE_INT, metavar="I", help="which fold of --folds to test on")
+    g.add_argument("--data-url", default=None, type=url,
                    help="mirror to download missing raw data from: a base URL holding the MIT-BIH files "
                         "(default: PhysioNet), or for ptb the URL of the Kaggle archive (default: Google Drive)")
 
-    g.add_argument("--fs", default=None, type=_positive(int),
+    g.add_argument("--fs", default=None, type=POSITIVE_INT,
                    help="cinc2020, ptbxl: resample records to this rate in Hz (default: cinc2020 500, ptbxl 100)")
-    g.add_argument("--seq-len", default=10.0, type=_positive(float),
+    g.add_argument("--seq-len", default=10.0, type=POSITIVE,
                    help="cinc2020, ptbxl: window length in seconds (random crops for training, sliding windows "
                         "averaged for evaluation; shorter records are zero-padded)")
     g.add_argument("--rr-features", action="store_true",
                    help="ecg, ecg_bin: give the network each beat's RR intervals (previous, next, mean of the last 10, "
                         "and previous / mean of the last 10; divided by the record's mean RR) as 4 per-beat features "
                         "joined with the network's output")
-    g.add_argument("--beat-format", default="kaggle", choices=list(BEAT_FORMATS),
+    g.add_argument("--beat-format", default="kaggle", choices=list(BEAT_FORMAT_NAMES),
                    help="ecg, ecg_bin from the raw records: kaggle (a beat starts at its R peak and ends after 1.2 x "
                         "the median RR, min-max scaled per 10-s window: the Kaggle CSVs), centered (starts 0.5 s "
                         "before the R peak: P wave and QRS onset included; same scaling) or filtered (centered, "
@@ -133,56 +168,67 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("model")
     g.add_argument("--model-name", default="resnet1d_10", choices=list(MODELS), help="architecture")
-    g.add_argument("--num-classes", default=None, type=_positive(int),
+    g.add_argument("--num-classes", default=None, type=POSITIVE_INT,
                    help="number of classes; derived from the dataset, an error if it disagrees")
     g.add_argument("--pretrained", default=None, type=Path, metavar="PATH",
-                   help="initialise the model with the weights of this checkpoint (fine-tuning; nothing else)")
+                   help="initialise the model with the weights of this checkpoint (fine-tuning; nothing else); "
+                        "the run's name ends in _ft, and --resume or --test of it take the same flag")
 
     g = p.add_argument_group("run")
     g.add_argument("--version", default=None, type=word_or_number("version"), metavar="{latest,bump,N}",
                    help="run version: bump makes a new one, latest reuses the newest, N picks one "
                         "(default: bump when training, latest with --resume or --test)")
     g.add_argument("--resume", default=None, type=word_or_number("resume"), metavar="{best,latest,N}",
-                   help="continue from the run's best, last or epoch-N checkpoint (full state)")
+                   help="continue from the run's best, last or epoch-N checkpoint (full state); flags outside the "
+                        "run name (--seed, --short-run, --amp, --epochs) are taken from the checkpoint unless given")
+    g.add_argument("--override", default=[], nargs="+", type=override, metavar="NAME=VALUE",
+                   help="with --resume: change a training setting of the run deliberately, e.g. lr=1e-4 to extend "
+                        f"it at a lower rate ({', '.join(OVERRIDABLE)}); recorded in config.json and the checkpoints")
     g.add_argument("--test", action="store_true",
                    help="evaluate a trained run on the test split and write pred/ (loads --resume, default best)")
+    g.add_argument("--bootstrap", default=1000, type=NON_NEGATIVE_INT, metavar="N",
+                   help="--test: resamples for the 95%% bootstrap confidence intervals (whole records where records "
+                        "are the unit; seeded, so reproducible); 0 for none")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", default="adamw", choices=list(OPTIMIZERS))
-    g.add_argument("--lr", default=3e-3, type=_positive(float), help="learning rate (peak rate for OneCycleLR)")
-    g.add_argument("--momentum", default=0.9, type=float, help="SGD momentum (Nesterov)")
-    g.add_argument("--weight-decay", default=1e-4, type=float, help="weight decay, for every optimizer")
-    g.add_argument("--batch-size", default=128, type=_positive(int))
-    g.add_argument("--epochs", default=10, type=_positive(int), help="train until this many epochs are done")
-    g.add_argument("--start-epoch", default=None, type=_non_negative_int,
-                   help="epochs already done (default: 0, or the checkpoint's with --resume)")
-    g.add_argument("-j", "--workers", default=0, type=_non_negative_int,
-                   help="DataLoader worker processes (data is in memory: 0 is usually fastest)")
+    g.add_argument("--lr", default=3e-3, type=POSITIVE, help="learning rate (peak rate for OneCycleLR)")
+    g.add_argument("--momentum", default=0.9, type=FRACTION, help="SGD momentum (Nesterov); sgd only")
+    g.add_argument("--weight-decay", default=1e-4, type=NON_NEGATIVE, help="weight decay, for every optimizer")
+    g.add_argument("--batch-size", default=128, type=POSITIVE_INT)
+    g.add_argument("--epochs", default=10, type=POSITIVE_INT,
+                   help="train until this many epochs are done (with --resume: the run's own unless given)")
+    g.add_argument("--start-epoch", default=None, type=NON_NEGATIVE_INT,
+                   help="epochs already done, for numbering a new run (with --resume: the checkpoint's)")
+    g.add_argument("-j", "--workers", default=0, type=NON_NEGATIVE_INT,
+                   help="DataLoader worker processes (results do not depend on it; data is in memory: 0 is "
+                        "usually fastest)")
 
     g = p.add_argument_group("schedule")
     g.add_argument("--scheduler", default="OneCycleLR", choices=list(SCHEDULERS))
-    g.add_argument("--step", default=5, type=_positive(int),
+    g.add_argument("--step", default=5, type=POSITIVE_INT,
                    help="StepLR step size in epochs; ReduceLROnPlateau patience")
-    g.add_argument("--lr-decay", default=0.1, type=_positive(float),
-                   help="factor for StepLR, ExponentialLR and ReduceLROnPlateau")
+    g.add_argument("--lr-decay", default=0.1, type=FACTOR,
+                   help="factor for StepLR, ExponentialLR and ReduceLROnPlateau (below 1 for the latter)")
 
     g = p.add_argument_group("class imbalance")
     g.add_argument("--criterion", default=None, choices=list(CRITERIA),
                    help="loss (default: crossentropy; bce, binary cross-entropy on logits, for multi-label datasets)")
-    g.add_argument("--class-balance", default=None, choices=list(BALANCE_POWERS),
+    g.add_argument("--class-balance", default=None, choices=list(BALANCE),
                    help="weight the loss per class: equal ~ 1/n_c, importance ~ 1/sqrt(n_c); with bce, positive "
                         "examples of class c are weighted (n_neg/n_pos) ** 1 or ** 0.5")
     g.add_argument("--threshold-metric", default=None, choices=list(THRESHOLD_OBJECTIVES),
                    help="multi-label datasets: per-class decision thresholds are chosen on the validation split "
                         "to maximise this (default: challenge for cinc2020, f1 for ptbxl)")
-    g.add_argument("--sampler", default=None, choices=list(BALANCE_POWERS),
+    g.add_argument("--sampler", default=None, choices=list(BALANCE),
                    help="draw training examples per class: equal ~ 1/n_c, importance ~ 1/sqrt(n_c)")
-    g.add_argument("--label-smoothing", default=0.0, type=_fraction, metavar="EPS",
+    g.add_argument("--label-smoothing", default=0.0, type=FRACTION, metavar="EPS",
                    help="crossentropy: mix each one-hot target with the uniform distribution by EPS (e.g. 0.1)")
 
     g = p.add_argument_group("misc")
-    g.add_argument("--seed", default=0, type=int, help="seed of weights, shuffling and sampling")
-    g.add_argument("--short-run", action="store_true", help="stop each train/val/test pass after 10 batches")
+    g.add_argument("--seed", default=0, type=SEED, help="seed of weights, shuffling and sampling")
+    g.add_argument("--short-run", action="store_true",
+                   help="stop each train/val/test pass after 10 batches (test outputs get their own names)")
     g.add_argument("--disable-cuda", action="store_true", help="run on the CPU even when CUDA is available")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="bfloat16 autocast on CUDA (ignored on the CPU)")
@@ -191,24 +237,44 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """Destinations of the flags written on the command line (a default does not count)."""
+    quiet = argparse.ArgumentParser(add_help=False)
+    for action in parser._actions:
+        if action.option_strings and not isinstance(action, argparse._HelpAction):
+            kwargs = {"dest": action.dest, "default": argparse.SUPPRESS, "nargs": action.nargs}
+            if isinstance(action, argparse.BooleanOptionalAction | argparse._StoreTrueAction):
+                quiet.add_argument(*action.option_strings, action=type(action), dest=action.dest,
+                                   default=argparse.SUPPRESS)
+                continue
+            quiet.add_argument(*action.option_strings, **kwargs)
+    return sorted(vars(quiet.parse_known_args(argv)[0]))
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse and validate flags; a bad combination exits with one line and code 2."""
+    """Parse and validate flags; a bad value or combination exits with one line and code 2.
+
+    ``args.given`` lists the flags written on the command line; ``args.override`` becomes a dict.
+    """
     parser = get_args_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.given = given_flags(parser, argv)
+    given = set(args.given)
+    spec = DATASETS[args.dataset]
     if args.sampler and args.class_balance:
         parser.error("--sampler and --class-balance both rebalance classes; use one of them")
-    if args.pretrained and args.resume:
-        parser.error("--pretrained loads weights only and --resume a whole run; use one of them")
-    if args.test and args.pretrained:
-        parser.error("--test evaluates a run's own checkpoint; use --resume best|latest|N, not --pretrained")
     args.augment = sorted(set(args.augment), key=list(AUGMENTATIONS).index)
     if args.test and args.resume is None:
         args.resume = "best"
     if args.version is None:
         args.version = "latest" if (args.resume or args.test) else "bump"
-    spec = DATASETS[args.dataset]
+    if args.version == "bump" and args.resume:
+        parser.error("--version bump makes a new run; --resume and --test need latest or a number")
+    if args.pretrained is not None and not args.resume and not args.pretrained.is_file():
+        parser.error(f"--pretrained {args.pretrained}: no such file")
     for flag, on in (("--rr-features", args.rr_features), ("--beat-format", args.beat_format != "kaggle"),
-                     ("--median-beat", args.median_beat)):
+                     ("--median-beat", args.median_beat), ("--folds", args.folds is not None)):
         if on and spec.db != "mitdb":
             parser.error(f"{flag} applies to the MIT-BIH beats (ecg, ecg_bin), not to {args.dataset}")
     if args.split is None:
@@ -216,41 +282,136 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     elif args.split not in spec.splits:
         parser.error(f"--split {args.split} is not a split of --dataset {args.dataset}; "
                      f"valid: {', '.join(spec.splits)}")
+    _check_folds(parser, args)
+    _check_optimisation(parser, args, given)
     if spec.multilabel:
         args.fs = args.fs or spec.fs
         args.criterion = args.criterion or "bce"
-        args.threshold_metric = args.threshold_metric or ("challenge" if args.dataset == "cinc2020" else "f1")
+        args.threshold_metric = args.threshold_metric or default_threshold_metric(args.dataset)
         if args.criterion != "bce":
             parser.error(f"--dataset {args.dataset} is multi-label: use --criterion bce, not {args.criterion}")
         if args.sampler:
             parser.error(f"--sampler draws single-label classes; for --dataset {args.dataset} use --class-balance")
         if args.threshold_metric == "challenge" and args.dataset != "cinc2020":
             parser.error("--threshold-metric challenge needs the Challenge 2020 reward table (--dataset cinc2020)")
+        if args.data_url:
+            parser.error(f"--data-url is for the databases that download themselves (MIT-BIH, ptb), not "
+                         f"{args.dataset}")
+        if round(args.fs * args.seq_len) < MIN_WINDOW:
+            parser.error(f"--fs {args.fs} x --seq-len {args.seq_len:g} gives windows of "
+                         f"{round(args.fs * args.seq_len)} samples; the models need at least {MIN_WINDOW}")
     else:
-        given = [flag for flag, name in (("--fs", "fs"), ("--seq-len", "seq_len"),
-                                         ("--threshold-metric", "threshold_metric"))
-                 if getattr(args, name) != parser.get_default(name)]
-        if given:
-            parser.error(f"{given[0]} applies to the record datasets (cinc2020, ptbxl), not to {args.dataset}")
+        wrong = [flag for flag, name in (("--fs", "fs"), ("--seq-len", "seq_len"),
+                                         ("--threshold-metric", "threshold_metric")) if name in given]
+        if wrong:
+            parser.error(f"{wrong[0]} applies to the record datasets (cinc2020, ptbxl), not to {args.dataset}")
         args.criterion = args.criterion or "crossentropy"
         if args.criterion == "bce":
             parser.error(f"--criterion bce is for multi-label datasets; --dataset {args.dataset} is single-label")
     if args.label_smoothing and args.criterion != "crossentropy":
         parser.error(f"--label-smoothing applies to --criterion crossentropy, not {args.criterion}")
+    if "bootstrap" in given and not args.test:
+        parser.error("--bootstrap sets the confidence intervals of --test")
+    args.override = _check_overrides(parser, args)
     return args
 
 
-def run_name(args: argparse.Namespace) -> str:
-    """Run name from the main hyper-parameters (not the epoch count, so a run can be continued)."""
-    parts = [args.model_name, args.split, args.optimizer, f"lr{args.lr:g}", f"bs{args.batch_size}",
-             args.scheduler, args.criterion]
+def default_threshold_metric(dataset: str) -> str:
+    return "challenge" if dataset == "cinc2020" else "f1"
+
+
+def _check_folds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.folds is None) != (args.fold is None):
+        parser.error("--folds K and --fold I go together (test on fold I of K)")
+    if args.folds is not None:
+        if args.split != "inter":
+            parser.error("--folds splits the DS1 records of --split inter; add --split inter")
+        if args.fold > args.folds:
+            parser.error(f"--fold {args.fold} is not one of the {args.folds} folds (1-{args.folds})")
+
+
+def _check_optimisation(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set[str]) -> None:
+    """Flags that the chosen optimizer or scheduler would ignore are refused, not dropped."""
+    if "momentum" in given and args.optimizer != "sgd":
+        parser.error(f"--momentum applies to --optimizer sgd, not {args.optimizer}")
+    if "step" in given and args.scheduler not in USES_STEP:
+        parser.error(f"--step applies to {' and '.join(USES_STEP)}, not {args.scheduler}")
+    if "lr_decay" in given and args.scheduler not in USES_DECAY:
+        parser.error(f"--lr-decay applies to {', '.join(USES_DECAY)}, not {args.scheduler}")
+    if args.scheduler == "ReduceLROnPlateau" and args.lr_decay >= 1:
+        parser.error("--lr-decay must be below 1 for ReduceLROnPlateau")
+    if args.start_epoch is not None and not args.resume and args.start_epoch >= args.epochs:
+        parser.error(f"--start-epoch {args.start_epoch} leaves nothing to train with --epochs {args.epochs}")
+
+
+def _check_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """``--override`` pairs as {destination: typed value}, refused where they cannot apply."""
+    if args.override and (not args.resume or args.test):
+        parser.error("--override changes a run being continued; use it with --resume (and without --test)")
+    types = {a.dest: a for a in parser._actions}
+    out: dict[str, Any] = {}
+    for name, text in args.override:
+        dest = OVERRIDABLE[name]
+        if dest == "amp":
+            if text.lower() not in ("true", "false", "1", "0"):
+                parser.error(f"--override amp={text}: expected true or false")
+            value: Any = text.lower() in ("true", "1")
+        else:
+            try:
+                value = types[dest].type(text)
+            except argparse.ArgumentTypeError as exc:
+                parser.error(f"--override {name}={text}: {exc}")
+        if dest == "lr" and args.scheduler in EPOCH_SHAPED:
+            parser.error(f"--override lr: {args.scheduler} fixed its rates when the run started; it cannot change")
+        if dest == "momentum" and args.optimizer != "sgd":
+            parser.error(f"--override momentum applies to --optimizer sgd, not {args.optimizer}")
+        if (dest == "step" and args.scheduler not in USES_STEP) or (dest == "lr_decay" and
+                                                                   args.scheduler not in USES_DECAY):
+            parser.error(f"--override {name} does not apply to --scheduler {args.scheduler}")
+        if dest == "lr_decay" and args.scheduler == "ReduceLROnPlateau" and value >= 1:
+            parser.error("--override lr-decay must be below 1 for ReduceLROnPlateau")
+        if dest in args.given:
+            parser.error(f"--{name} and --override {name}=... both given; the run is found by its own "
+                         f"--{name}, the override sets the new value")
+        out[dest] = value
+    return out
+
+
+# ---- run names ----
+
+def _defaults() -> argparse.Namespace:
+    return get_args_parser().parse_args([])
+
+
+def name_parts(args: argparse.Namespace) -> list[str]:
+    """The parts of the run name: every flag that changes what is trained and is not at its default
+    (the epoch count is left out, so a run can be continued; seeds are versions of one name)."""
+    d = _defaults()
+    parts = [args.model_name, args.split]
+    if args.folds is not None:
+        parts.append(f"cv{args.fold}of{args.folds}")
+    if args.split_seed != d.split_seed:
+        parts.append(f"ss{args.split_seed}")
+    parts += [args.optimizer, f"lr{args.lr:g}"]
+    if args.optimizer == "sgd" and args.momentum != d.momentum:
+        parts.append(f"mom{args.momentum:g}")
+    if args.weight_decay != d.weight_decay:
+        parts.append(f"wd{args.weight_decay:g}")
+    parts += [f"bs{args.batch_size}", args.scheduler]
+    if args.scheduler in USES_STEP and args.step != d.step:
+        parts.append(f"step{args.step}")
+    if args.scheduler in USES_DECAY and args.lr_decay != d.lr_decay:
+        parts.append(f"decay{args.lr_decay:g}")
+    parts.append(args.criterion)
     if args.fs is not None:  # record datasets: what a window is
         parts.append(f"{args.fs}hz-{args.seq_len:g}s")
+    if args.threshold_metric is not None and args.threshold_metric != default_threshold_metric(args.dataset):
+        parts.append(f"thr-{args.threshold_metric}")
     if args.class_balance:
         parts.append(f"cb-{args.class_balance}")
     if args.sampler:
         parts.append(f"sampler-{args.sampler}")
-    if args.beat_format != "kaggle":
+    if args.beat_format != d.beat_format:
         parts.append(f"beats-{args.beat_format}")
     if args.median_beat:
         parts.append("med")
@@ -260,8 +421,38 @@ def run_name(args: argparse.Namespace) -> str:
         parts.append("aug-" + "+".join(args.augment))
     if args.label_smoothing:
         parts.append(f"ls{args.label_smoothing:g}")
-    return "_".join(parts)
+    if args.pretrained is not None:
+        parts.append("ft")
+    return parts
 
+
+def run_name(args: argparse.Namespace) -> str:
+    """Run name from the flags that change what is trained (see :func:`name_parts`)."""
+    return "_".join(name_parts(args))
+
+
+# flags a user repeats to find a run again (--root-dir and the flags of name_parts)
+NAMING = ("root_dir", "model_name", "split", "folds", "fold", "split_seed", "fs", "seq_len", "optimizer", "lr",
+          "momentum", "weight_decay", "batch_size", "scheduler", "step", "lr_decay", "criterion", "class_balance",
+          "sampler", "threshold_metric", "label_smoothing", "beat_format", "pretrained")
+SWITCHES = ("median_beat", "rr_features")
+
+
+def naming_flags(args: argparse.Namespace) -> list[str]:
+    """The command-line flags that name this run (those not at their dataset's defaults), for printed hints."""
+    defaults = parse_args(["--dataset", args.dataset])
+    flags = [] if args.dataset == defaults.dataset and "dataset" not in args.given else ["--dataset", args.dataset]
+    for name in NAMING:
+        value = getattr(args, name)
+        if value is not None and value != getattr(defaults, name):
+            flags += [f"--{name.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
+    flags += [f"--{name.replace('_', '-')}" for name in SWITCHES if getattr(args, name)]
+    if args.augment:
+        flags += ["--augment", *args.augment]
+    return flags
+
+
+# ---- run folders and versions ----
 
 def existing_versions(runs_dir: Path, name: str) -> list[int]:
     """Version numbers of the runs ``<name>_<N>`` in ``runs_dir``, ascending."""
@@ -271,35 +462,87 @@ def existing_versions(runs_dir: Path, name: str) -> list[int]:
     return sorted(int(m.group(1)) for d in runs_dir.iterdir() if d.is_dir() and (m := pattern.fullmatch(d.name)))
 
 
-def select_run(runs_dir: Path, name: str, version: str, *, existing: bool) -> Path:
-    """The run folder for ``version`` (``bump``, ``latest`` or N); ``existing`` runs must already exist.
+def has_trained(run_dir: Path) -> bool:
+    """Whether a run folder holds a checkpoint (a new training must not write into it)."""
+    return run_dir.is_dir() and any(run_dir.glob("*.pth.tar"))
 
-    A new training never reuses a run that already holds a checkpoint.
+
+def claim_run(runs_dir: Path, name: str) -> Path:
+    """Create and return the folder of a new version of run ``name``, atomically.
+
+    ``mkdir`` fails when the folder exists, so two jobs started together get two versions.
     """
+    runs_dir.mkdir(parents=True, exist_ok=True)
     versions = existing_versions(runs_dir, name)
+    version = (versions[-1] if versions else 0) + 1
+    while True:
+        folder = runs_dir / f"{name}_{version}"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            version += 1
+
+
+def select_run(runs_dir: Path, name: str, version: str, *, existing: bool,
+               args: argparse.Namespace | None = None) -> Path | None:
+    """The run folder for ``version`` (``latest`` or N); ``existing`` runs (--resume, --test) must exist.
+
+    ``bump`` gives None: the new version is claimed (:func:`claim_run`) when the run starts writing.
+    A new training never reuses a run that already holds a checkpoint. ``args`` lets a missing run's
+    error name the flags that differ from the runs that do exist.
+    """
     if version == "bump":
         if existing:
             raise ECGError("--version bump makes a new run; --resume and --test need latest or a number")
-        return runs_dir / f"{name}_{(versions[-1] if versions else 0) + 1}"
+        return None
+    versions = existing_versions(runs_dir, name)
     if version == "latest":
         if not versions:
             if existing:
-                raise ECGError(f"no run named {name}_<N> in {runs_dir}; train one first "
-                               f"(the name comes from --model-name, --split, --optimizer, --lr, "
-                               f"--batch-size, --scheduler, --criterion, balancing flags, --fs, --seq-len and "
-                               f"input flags: --beat-format, --median-beat, --rr-features, --augment, "
-                               f"--label-smoothing)")
-            return runs_dir / f"{name}_1"
+                near = nearest_runs(runs_dir, args) if args is not None else ""
+                raise ECGError(f"no run named {name}_<N> in {runs_dir}; {near or 'train one first'} (the name "
+                               f"comes from the flags that change what is trained: see commander.py --help)")
+            return None
         run_dir = runs_dir / f"{name}_{versions[-1]}"
     else:
         if int(version) not in versions:
             raise ECGError(f"run {name}_{version} does not exist in {runs_dir}; existing versions: "
                            f"{', '.join(map(str, versions)) or 'none'}")
         run_dir = runs_dir / f"{name}_{version}"
-    if not existing and (run_dir / LAST).exists():
+    if not existing and has_trained(run_dir):
         raise ECGError(f"{run_dir} already holds a trained run; continue it with --resume latest "
                        f"or start a new one with --version bump")
     return run_dir
+
+
+def nearest_runs(runs_dir: Path, args: argparse.Namespace) -> str:
+    """For a run that does not exist: the runs of ``runs_dir`` that differ in the fewest naming flags, as
+    '<run> has --flag VALUE (you gave OTHER)'; empty when there are none."""
+    if not runs_dir.is_dir():
+        return ""
+    best: list[tuple[int, str]] = []
+    for folder in sorted(runs_dir.iterdir()):
+        try:
+            flags = json.loads((folder / "config.json").read_text())["flags"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        differ = [n for n in NAMING + SWITCHES + ("augment", "dataset") if n != "root_dir" and n in flags
+                  and _same_type(flags[n], getattr(args, n)) != flags[n]]
+        if differ:
+            shown = ", ".join(f"--{n.replace('_', '-')} {flags[n]} (you gave {getattr(args, n)})" for n in differ[:3])
+            best.append((len(differ), f"{folder.name} has {shown}"))
+    if not best:
+        return ""
+    fewest = min(n for n, _ in best)
+    near = [text for n, text in best if n == fewest][:2]
+    return "; ".join(near) + ("; to change a setting of a run deliberately, resume it with its own flags and "
+                              "--override NAME=VALUE" if fewest == 1 else "")
+
+
+def _same_type(recorded: Any, value: Any) -> Any:
+    """``value`` as config.json stores it (paths as strings), for comparison with a recorded flag."""
+    return str(value) if isinstance(value, Path) else value
 
 
 def check_num_classes(args: argparse.Namespace, classes: Sequence[str]) -> None:
@@ -308,3 +551,31 @@ def check_num_classes(args: argparse.Namespace, classes: Sequence[str]) -> None:
         raise ECGError(f"--num-classes {args.num_classes} disagrees with --dataset {args.dataset}, "
                        f"which has {len(classes)} classes ({', '.join(classes)}); drop the flag")
 
+
+def reconcile(args: argparse.Namespace, recorded: dict[str, Any], overrides: dict[str, Any], where: str) -> None:
+    """Bring ``args`` in line with a run's checkpoint on --resume or --test.
+
+    ``recorded``: the flags the checkpoint was trained with; ``overrides``: settings changed since by
+    ``--override``. A ``RECORDED`` flag given on the command line must agree with the run (on --test: the
+    seed only); one not given is taken from the run, as is ``--epochs`` on --resume. A difference is an
+    ECGError naming the flag and both values.
+    """
+    compared = RECORDED if not args.test else ("seed",)
+    for name in compared:
+        if name not in recorded:
+            continue
+        theirs = overrides.get(name, recorded[name])
+        if name in args.given and getattr(args, name) != theirs:
+            flag = f"--{name.replace('_', '-')}"
+            mine = getattr(args, name)
+            fix = ("pick the version trained with it (--version N)" if name == "seed"
+                   else f"to change it deliberately use --override {name}={mine}" if name in OVERRIDABLE.values()
+                   else "drop the flag")
+            raise ECGError(f"{flag} {mine} differs from the run's {flag} {theirs} ({where}); {fix}")
+        if not args.test:
+            setattr(args, name, theirs)
+    if not args.test and "epochs" not in args.given and isinstance(recorded.get("epochs"), int):
+        args.epochs = recorded["epochs"]
+    if args.pretrained is not None and str(args.pretrained) != str(recorded.get("pretrained")):
+        raise ECGError(f"--pretrained {args.pretrained} differs from the run's --pretrained "
+                       f"{recorded.get('pretrained')} ({where})")

@@ -14,16 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
-
-import trainer
-from args import DefaultsHelpFormatter, OneLineParser, word_or_number
-from loaders import RecordDataset, make_dataloader
-from loaders.cinc2020 import list_records, read_folder, write_outputs
-from models import get_model
-from toolbox import checkpoint
-from toolbox.utils import ECGError, ensure_writable, setup_env
+from args import POSITIVE_INT, DefaultsHelpFormatter, OneLineParser, word_or_number
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -34,9 +25,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, type=Path, help="run folder of a model trained with --dataset cinc2020")
     p.add_argument("--checkpoint", default="best", type=word_or_number("resume"), metavar="{best,latest,N}",
                    help="which checkpoint of the run to apply")
-    p.add_argument("--batch-size", default=64, type=int, help="windows per forward pass")
+    p.add_argument("--batch-size", default=64, type=POSITIVE_INT, help="windows per forward pass")
     p.add_argument("--disable-cuda", action="store_true", help="run on the CPU even when CUDA is available")
     return p
+
+
+if __name__ == "__main__":  # --help and flag errors answer before the heavy imports below
+    get_args_parser().parse_args()
+
+import numpy as np
+import torch
+
+import trainer
+from loaders.cinc2020 import list_records, read_folder, write_outputs
+from loaders.dataset import RecordDataset, make_dataloader
+from models import from_checkpoint
+from toolbox import checkpoint
+from toolbox.utils import ECGError, ensure_writable, setup_env
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,10 +61,10 @@ def run(args: argparse.Namespace) -> int:
                        f"output folder")
     ensure_writable(args.output_dir, "OUTPUT_DIR")
     device = setup_env(0, args.disable_cuda)
-    model = get_model(state["model_name"], state["in_channels"], state["num_classes"])
+    model = from_checkpoint(state)
     checkpoint.load_weights(state, path, model)
     model.to(device)
-    signals, _ = read_folder(args.input_dir, names, prep["fs"])
+    signals, _ = read_folder(args.input_dir, names, prep["fs"], need_dx=False)
     dataset = RecordDataset(signals, np.zeros((len(names), len(classes)), dtype=np.float32), classes,
                             prep["window"], random_crop=False, stride=prep["stride"])
     probs = trainer.predict(model, make_dataloader(dataset, args.batch_size), device,

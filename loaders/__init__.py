@@ -1,36 +1,35 @@
-"""Dataset selectors: ``get_loader(name)`` describes a dataset and returns the function that builds its splits."""
+"""Dataset selectors: ``get_loader(name)`` describes a dataset and returns the function that builds its splits.
+
+This module imports nothing heavy: a dataset's reader (``loaders/<db>.py``) is imported when its splits
+are built, so the flag parser can list datasets, splits and beat formats at once.
+"""
 from __future__ import annotations
 
-import functools
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from loaders import cinc2020, kaggle, mitdb, ptbxl
-from loaders.dataset import DataSplits, ECGDataset, RecordDataset, make_dataloader
 from toolbox.utils import ECGError
 
-__all__ = ["DATASETS", "DataSplits", "DatasetSpec", "ECGDataset", "RecordDataset", "get_loader", "make_dataloader",
-           "raw_dir"]
+__all__ = ["BEAT_FORMAT_NAMES", "DATASETS", "SOURCES", "DatasetSpec", "get_loader", "raw_dir"]
+
+# PhysioNet/CinC Challenge 2020-2021 record-name prefix -> source database (the ``source-X`` splits)
+SOURCES = {"A": "CPSC 2018", "Q": "CPSC-Extra", "I": "St Petersburg INCART", "S": "PTB", "HR": "PTB-XL",
+           "E": "Georgia", "JS": "Chapman-Shaoxing/Ningbo"}
+# --beat-format values; their extraction parameters are ``loaders.mitdb.BEAT_FORMATS`` (same names, same order)
+BEAT_FORMAT_NAMES = ("kaggle", "centered", "filtered")
 
 
-def _mitbih(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, protocol: str = "intra",
-            saved_manifest: dict | None = None, data_url: str | None = None, progress: bool = True,
-            rr_features: bool = False, beat_format: str = "kaggle", median_beat: bool = False) -> DataSplits:
-    """MIT-BIH beats: from the Kaggle CSVs when they lie in the folder, else from the raw records."""
-    if kaggle.has_mitbih_csv(raw_dir):
-        needs = [flag for flag, on in (("--rr-features", rr_features), ("--median-beat", median_beat),
-                                       (f"--beat-format {beat_format}", beat_format != "kaggle")) if on]
-        if needs:
-            raise ECGError(f"{needs[0]} needs the raw MIT-BIH records, but {raw_dir} holds the Kaggle CSVs "
-                           f"(beats cut at the R peak, without their times); point ECG_DATA_ROOT or --root-dir "
-                           f"at the records")
-        return kaggle.build_mitbih(raw_dir, cache_dir, binary=binary, split_seed=split_seed, protocol=protocol,
-                                   saved_manifest=saved_manifest)
-    return mitdb.build(raw_dir, cache_dir, binary=binary, split_seed=split_seed, protocol=protocol,
-                       saved_manifest=saved_manifest, data_url=data_url, progress=progress, rr_features=rr_features,
-                       beat_format=beat_format, median_beat=median_beat)
+def _lazy(module: str, function: str, **fixed: Any) -> Callable[..., Any]:
+    """``loaders.<module>.<function>(..., **fixed)``, imported on the first call."""
+    def build(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(f"loaders.{module}"), function)(*args, **fixed, **kwargs)
+
+    build.__name__ = f"{module}.{function}"
+    return build
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class DatasetSpec:
     """
 
     db: str
-    build: Callable[..., DataSplits]
+    build: Callable[..., Any]  # (raw_dir, cache_dir, *, split_seed, protocol, saved_manifest, ...) -> DataSplits
     splits: tuple[str, ...]
     fs: int | None = None  # default --fs of a record dataset
 
@@ -52,12 +51,12 @@ class DatasetSpec:
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "ecg": DatasetSpec("mitdb", functools.partial(_mitbih, binary=False), ("intra", "inter")),
-    "ecg_bin": DatasetSpec("mitdb", functools.partial(_mitbih, binary=True), ("intra", "inter")),
-    "ptb": DatasetSpec("ptbdb", kaggle.build_ptb, ("intra",)),
-    "cinc2020": DatasetSpec("cinc2020", cinc2020.build, ("records", *(f"source-{s}" for s in cinc2020.SOURCES)),
+    "ecg": DatasetSpec("mitdb", _lazy("mitdb", "build_beats", binary=False), ("intra", "inter")),
+    "ecg_bin": DatasetSpec("mitdb", _lazy("mitdb", "build_beats", binary=True), ("intra", "inter")),
+    "ptb": DatasetSpec("ptbdb", _lazy("kaggle", "build_ptb"), ("intra",)),
+    "cinc2020": DatasetSpec("cinc2020", _lazy("cinc2020", "build"), ("records", *(f"source-{s}" for s in SOURCES)),
                             fs=500),
-    "ptbxl": DatasetSpec("ptbxl", ptbxl.build, ("folds",), fs=ptbxl.NATIVE_FS),
+    "ptbxl": DatasetSpec("ptbxl", _lazy("ptbxl", "build"), ("folds",), fs=100),
 }
 
 

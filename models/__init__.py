@@ -1,34 +1,44 @@
-"""Model selector: instance names map to constructors ``(in_channels, num_classes) -> nn.Module`` (logits)."""
+"""Model selector: names map to constructors ``(in_channels, num_classes, **kwargs) -> nn.Module`` (logits).
+
+``MODELS`` names the class (``module.Class`` under ``models/``) and its keyword arguments; the module is
+imported only when a model is built, so the flag parser can list the names without importing torch.
+"""
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from models.cnn import CNN1d
-from models.fusion import FeatureFusion
-from models.lstm import LSTMClassifier
-from models.resnet import ResNet1d
-from models.ribeiro import RibeiroResNet
 from toolbox.utils import ECGError
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "cnn1d_3": functools.partial(CNN1d, widths=(32, 64, 128)),
-    "lstm_1": functools.partial(LSTMClassifier, num_layers=1),
-    "lstm_2": functools.partial(LSTMClassifier, num_layers=2),
-    "lstm_3": functools.partial(LSTMClassifier, num_layers=3),
-    "resnet1d_10": functools.partial(ResNet1d, blocks=(1, 1, 1, 1)),
-    "resnet1d_18": functools.partial(ResNet1d, blocks=(2, 2, 2, 2)),
-    "resnet1d_10_small": functools.partial(ResNet1d, blocks=(1, 1, 1, 1), widths=(24, 32, 48, 64)),  # < 100 k
-    "resnet1d_v2_10": functools.partial(ResNet1d, blocks=(1, 1, 1, 1), preact=True),
-    "resnet1d_v2_18": functools.partial(ResNet1d, blocks=(2, 2, 2, 2), preact=True),
-    "ribeiro_resnet": RibeiroResNet,  # twelve-lead records (Ribeiro et al. 2020)
-    "ribeiro_resnet_small": functools.partial(RibeiroResNet, widths=(32, 48, 64, 96, 128)),  # for 2-core CPUs
+if TYPE_CHECKING:
+    from torch import nn
+
+MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "cnn1d_3": ("cnn.CNN1d", {"widths": (32, 64, 128)}),
+    "lstm_1": ("lstm.LSTMClassifier", {"num_layers": 1}),
+    "lstm_2": ("lstm.LSTMClassifier", {"num_layers": 2}),
+    "lstm_3": ("lstm.LSTMClassifier", {"num_layers": 3}),
+    "resnet1d_10": ("resnet.ResNet1d", {"blocks": (1, 1, 1, 1)}),
+    "resnet1d_18": ("resnet.ResNet1d", {"blocks": (2, 2, 2, 2)}),
+    "resnet1d_10_small": ("resnet.ResNet1d", {"blocks": (1, 1, 1, 1), "widths": (24, 32, 48, 64)}),  # < 100 k
+    "resnet1d_v2_10": ("resnet.ResNet1d", {"blocks": (1, 1, 1, 1), "preact": True}),
+    "resnet1d_v2_18": ("resnet.ResNet1d", {"blocks": (2, 2, 2, 2), "preact": True}),
+    "ribeiro_resnet": ("ribeiro.RibeiroResNet", {}),  # twelve-lead records (Ribeiro et al. 2020)
+    "ribeiro_resnet_small": ("ribeiro.RibeiroResNet", {"widths": (32, 48, 64, 96, 128)}),  # for 2-core CPUs
 }
 
-
 FUSION_HIDDEN = 64  # outputs of the signal network when per-example features are joined to it
+# what a checkpoint must hold to rebuild its model without the flags of the run that trained it
+CONSTRUCTOR_KEYS = ("model_name", "in_channels", "num_classes", "feature_channels")
+
+
+def _constructor(name: str) -> Any:
+    if name not in MODELS:
+        raise ECGError(f"unknown model '{name}'; valid: {', '.join(MODELS)}")
+    path, kwargs = MODELS[name]
+    module, cls = path.rsplit(".", 1)
+    constructor = getattr(importlib.import_module(f"models.{module}"), cls)
+    return lambda in_channels, num_classes: constructor(in_channels, num_classes, **kwargs)
 
 
 def get_model(name: str, in_channels: int, num_classes: int, feature_channels: int = 0) -> nn.Module:
@@ -36,9 +46,23 @@ def get_model(name: str, in_channels: int, num_classes: int, feature_channels: i
 
     With ``feature_channels``, the last channels hold per-example features: see :class:`FeatureFusion`.
     """
-    if name not in MODELS:
-        raise ECGError(f"unknown model '{name}'; valid: {', '.join(MODELS)}")
+    build = _constructor(name)
     if feature_channels:
-        backbone = MODELS[name](in_channels - feature_channels, FUSION_HIDDEN)
-        return FeatureFusion(backbone, FUSION_HIDDEN, feature_channels, num_classes)
-    return MODELS[name](in_channels, num_classes)
+        from models.fusion import FeatureFusion
+
+        return FeatureFusion(build(in_channels - feature_channels, FUSION_HIDDEN), FUSION_HIDDEN, feature_channels,
+                             num_classes)
+    return build(in_channels, num_classes)
+
+
+def constructor_args(name: str, in_channels: int, num_classes: int, feature_channels: int = 0) -> dict[str, Any]:
+    """Every argument :func:`get_model` needs, as a checkpoint stores them."""
+    return {"model_name": name, "in_channels": in_channels, "num_classes": num_classes,
+            "feature_channels": feature_channels}
+
+
+def from_checkpoint(state: dict[str, Any]) -> nn.Module:
+    """The model a checkpoint describes (its constructor arguments), without weights; older checkpoints of
+    models without per-example features lack ``feature_channels``, which is then 0."""
+    return get_model(state["model_name"], state["in_channels"], state["num_classes"],
+                     state.get("feature_channels", 0))

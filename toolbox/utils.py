@@ -7,10 +7,10 @@ import random
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 class ECGError(Exception):
@@ -64,6 +64,9 @@ def read_json(path: Path) -> Any:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -71,6 +74,8 @@ def seed_everything(seed: int) -> None:
 
 def setup_env(seed: int, disable_cuda: bool) -> torch.device:
     """Seed every generator and pick the device (CUDA when present and not disabled)."""
+    import torch
+
     seed_everything(seed)
     if not disable_cuda and torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
