@@ -22,16 +22,13 @@ import scipy.io
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
-from loaders.dataset import DataSplits, RecordDataset, cache_key, cached_arrays, multilabel_holdout
+from loaders.dataset import DataSplits, RecordDataset, cached_arrays, fingerprint, multilabel_holdout
 from toolbox.utils import ECGError, atomic_write
 
 log = logging.getLogger(__name__)
 
 LEADS = ["I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 NORMAL_CODE = "426783006"  # sinus rhythm: the class an "always normal" classifier answers
-# record-name prefix -> source database (Challenge 2020 and 2021 training sets)
-SOURCES = {"A": "CPSC 2018", "Q": "CPSC-Extra", "I": "St Petersburg INCART", "S": "PTB", "HR": "PTB-XL",
-           "E": "Georgia", "JS": "Chapman-Shaoxing/Ningbo"}
 TEST_FRAC, VAL_FRAC = 0.2, 0.2  # of all records; of the rest
 def files_hint(folder: Path) -> str:
     """What to put where when records are missing (nothing is downloaded for this database)."""
@@ -80,7 +77,10 @@ def _parse_gain(text: str, adc_zero: int, path: Path) -> tuple[float, float]:
     match = re.fullmatch(r"([-+\d.eE]+)(?:\((-?\d+)\))?(?:/(\w+))?", text)
     if not match:
         raise ECGError(f"{path}: cannot read the gain field {text!r}")
-    gain = float(match.group(1)) or 200.0  # WFDB: a gain of 0 means the default, 200 units per mV
+    gain = float(match.group(1))
+    if gain <= 0 or gain != gain:
+        raise ECGError(f"{path}: gain {match.group(1)} in {text!r}; Challenge headers give each lead's ADC units "
+                       f"per mV (1000 in the published records); replace the header with the publisher's")
     baseline = float(match.group(2)) if match.group(2) is not None else float(adc_zero)
     unit = (match.group(3) or "mV").lower()
     scale = {"mv": 1.0, "uv": 1000.0, "v": 0.001}.get(unit)
@@ -89,8 +89,12 @@ def _parse_gain(text: str, adc_zero: int, path: Path) -> tuple[float, float]:
     return gain * scale, baseline
 
 
-def read_header(path: Path) -> Header:
-    """Parse a Challenge-format header; tolerates a record line that names the ``.mat`` file (Georgia)."""
+def read_header(path: Path, need_dx: bool = True) -> Header:
+    """Parse a Challenge-format header; tolerates a record line that names the ``.mat`` file (Georgia).
+
+    ``need_dx``: a header without a ``#Dx`` line is an error (training data must be labelled; records to
+    predict need no labels).
+    """
     try:
         lines = [line.strip() for line in Path(path).read_text().splitlines()]
     except (OSError, UnicodeDecodeError) as exc:
@@ -110,7 +114,11 @@ def read_header(path: Path) -> Header:
             from None
     if len(leads) != n_sig:
         raise ECGError(f"{path} announces {n_sig} leads but describes {len(leads)}")
-    dx = next((line.split(":", 1)[1] for line in lines if line.lower().startswith("#dx")), "")
+    dx = next((line.split(":", 1)[1] for line in lines if line.lower().startswith("#dx")), None)
+    if dx is None and need_dx:
+        raise ECGError(f"{path} has no '#Dx:' line (the record's SNOMED CT codes); training and testing need "
+                       f"labelled records")
+    dx = dx or ""
     return Header(record, fs, samples, leads, np.array(gains), np.array(baselines),
                   [c.strip() for c in dx.split(",") if c.strip()])
 
@@ -184,35 +192,40 @@ def source(record: str) -> str:
 
 
 def list_records(folder: Path) -> list[str]:
-    """Names of the records in ``folder`` (headers with a ``.mat`` beside them), sorted."""
+    """Names of the records in ``folder`` (headers ``X.hea``, each with its signal ``X.mat``), sorted."""
     if not folder.is_dir():
         raise ECGError(f"no Challenge records: {folder} does not exist; {files_hint(folder)}")
-    names = sorted(p.stem for p in folder.glob("*.hea") if p.with_suffix(".mat").is_file())
-    if not names:
+    headers = sorted(folder.glob("*.hea"))
+    if not headers:
         raise ECGError(f"no Challenge records (X.hea with X.mat) in {folder}; {files_hint(folder)}")
-    return names
+    alone = [p.name for p in headers if not p.with_suffix(".mat").is_file()]
+    if alone:
+        raise ECGError(f"{folder / alone[0]} has no signal file {Path(alone[0]).stem}.mat beside it"
+                       f"{f' (nor have {len(alone) - 1} more headers)' if len(alone) > 1 else ''}; add the "
+                       f"signals or remove the headers")
+    return [p.stem for p in headers]
 
 
-def read_folder(folder: Path, names: list[str], fs: int, progress: bool = True) -> tuple[list[np.ndarray],
-                                                                                     list[Header]]:
+def read_folder(folder: Path, names: list[str], fs: int, progress: bool = True,
+                need_dx: bool = True) -> tuple[list[np.ndarray], list[Header]]:
     """Signals (12, samples at ``fs``, mV) and headers of records ``names`` in ``folder``."""
     signals, headers = [], []
     for name in tqdm(names, desc="reading records", unit="record", leave=False, disable=None if progress else True):
-        header = read_header(folder / f"{name}.hea")
+        header = read_header(folder / f"{name}.hea", need_dx)
         signals.append(resample(read_signal(folder, header), header.fs, fs))
         headers.append(header)
     return signals, headers
 
 
-def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True) -> dict[str, np.ndarray]:
+def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True,
+                 tables: Sequence[Path] = ()) -> dict[str, np.ndarray]:
     """All records of ``folder`` at ``fs`` Hz: ``signal`` (12, total samples), ``offsets``, ``record``, ``dx``.
 
-    Cached as ``.npz``, keyed by the sampling rate and the names, sizes and times of the files.
+    Cached as ``.npz``, keyed by the sampling rate and the sizes and times of every header and signal file
+    and of the scoring ``tables`` the labels come from.
     """
     names = list_records(folder)
-    stamp = [(n, (folder / f"{n}{e}").stat().st_size, (folder / f"{n}{e}").stat().st_mtime_ns)
-             for n in names for e in (".hea", ".mat")]
-    key = cache_key(CACHE_VERSION, fs, str(folder.resolve()), stamp)
+    inputs = fingerprint([*(folder / f"{n}{e}" for n in names for e in (".hea", ".mat")), *tables])
 
     def build() -> dict[str, np.ndarray]:
         signals, headers = read_folder(folder, names, fs, progress)
@@ -220,7 +233,8 @@ def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True) 
         return {"signal": np.concatenate(signals, axis=1), "offsets": offsets, "record": np.array(names),
                 "dx": np.array([",".join(h.dx) for h in headers])}
 
-    return cached_arrays(cache_dir / f"cinc2020_{fs}hz_{key}.npz", build)
+    return cached_arrays(cache_dir, f"cinc2020_{fs}hz_v{CACHE_VERSION}", inputs, build,
+                         what=f"the Challenge records or scoring tables in {folder.parent}")
 
 
 def record_split(labels: np.ndarray, records: np.ndarray, protocol: str, seed: int) -> dict[str, np.ndarray]:
@@ -260,7 +274,8 @@ def build(raw_dir: Path, cache_dir: Path, *, split_seed: int, protocol: str = "r
     if data_url:
         raise ECGError(f"--data-url is for MIT-BIH and ptb; for cinc2020 {files_hint(raw_dir / 'records')}")
     scoring = read_scoring(raw_dir / "scoring")
-    data = load_records(raw_dir / "records", cache_dir, fs, progress)
+    data = load_records(raw_dir / "records", cache_dir, fs, progress,
+                        tables=[raw_dir / "scoring" / "weights.csv", raw_dir / "scoring" / "dx_mapping_scored.csv"])
     records = data["record"]
     labels = np.stack([scoring.multi_hot(str(d).split(",")) for d in data["dx"]])
     if saved_manifest is not None:

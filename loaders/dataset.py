@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from toolbox.utils import ECGError, atomic_write
 
@@ -64,17 +64,36 @@ def cache_key(*parts: Any) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
 
-def cached_arrays(cache: Path, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Arrays from the ``.npz`` file ``cache``; else ``build()`` them and write the cache atomically.
+def fingerprint(paths: Iterable[Path]) -> str:
+    """A short digest of the files' names, sizes and modification times: it changes when any of them is
+    replaced or edited (symbolic links are followed, so links to the same files give the same digest)."""
+    stamps = []
+    for path in paths:
+        st = Path(path).stat()
+        stamps.append((Path(path).name, st.st_size, st.st_mtime_ns))
+    return cache_key(sorted(stamps))
 
-    A damaged cache is rebuilt, not trusted; a cache that cannot be written is an ECGError.
+
+def cached_arrays(cache_dir: Path, name: str, inputs: str, build: Callable[[], dict[str, np.ndarray]], *,
+                  what: str = "its input files") -> dict[str, np.ndarray]:
+    """Arrays from ``cache_dir/<name>_<inputs>.npz``; else ``build()`` them and write that cache atomically.
+
+    ``name`` covers the processing parameters and ``inputs`` the fingerprint of every input file and table
+    (:func:`fingerprint`), so changed data builds a new cache, and a warning says so when a cache of the
+    same parameters exists for other inputs. A damaged cache is rebuilt, not trusted; a cache that cannot be
+    written is an ECGError.
     """
+    cache = cache_dir / f"{name}_{inputs}.npz"
     if cache.is_file():
         try:
             with np.load(cache) as z:
                 return {k: z[k] for k in z.files}
         except Exception as exc:  # numpy raises many types for a damaged file
             log.warning("ignoring unreadable cache %s (%s)", cache, exc)
+    elif cache_dir.is_dir():
+        stale = sorted(p.name for p in cache_dir.glob(f"{name}_*.npz"))
+        if stale:
+            log.warning("%s changed since the cache %s was made; building a new cache", what, stale[-1])
     arrays = build()
     try:
         atomic_write(cache, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
@@ -88,13 +107,58 @@ def _keep_batch(batch: Any) -> Any:
     return batch
 
 
-def make_dataloader(dataset: ECGDataset, batch_size: int, *, shuffle: bool = False,
+class SeededBatch(list):
+    """The indices of one training batch and the seed of its random draws (crops)."""
+
+    def __init__(self, indices: Iterable[int], seed: int) -> None:
+        super().__init__(indices)
+        self.seed = seed
+
+
+class SeededBatches(Sampler[list[int]]):
+    """Batches of ``sampler``, each carrying a seed drawn in the main process from ``generator``.
+
+    Per epoch, one draw from ``generator`` (whose state checkpoints save) gives the seeds of every batch;
+    so random crops do not depend on the number of DataLoader workers, nor on how many batches of an
+    epoch are used, and a resumed run draws what an uninterrupted one draws.
+    """
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, generator: torch.Generator) -> None:
+        self.sampler, self.batch_size, self.generator = sampler, batch_size, generator
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+    def __iter__(self) -> Iterator[SeededBatch]:
+        seed = int(torch.randint(0, 2**62, (), generator=self.generator))
+        batch: list[int] = []
+        number = 0
+        for index in self.sampler:
+            batch.append(index)
+            if len(batch) == self.batch_size:
+                yield SeededBatch(batch, seed + number)
+                batch, number = [], number + 1
+        if batch:
+            yield SeededBatch(batch, seed + number)
+
+
+def make_dataloader(dataset: ECGDataset | RecordDataset, batch_size: int, *, shuffle: bool = False,
                     sampler: Sampler | None = None, workers: int = 0,
                     generator: torch.Generator | None = None, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader that fetches whole batches from an in-memory dataset."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=workers, collate_fn=_keep_batch, generator=generator,
-                      pin_memory=pin_memory, persistent_workers=workers > 0)
+    """A DataLoader that fetches whole batches from an in-memory dataset.
+
+    Training (``shuffle`` or a ``sampler``) needs ``generator``: it orders the examples and seeds each
+    batch's random draws (:class:`SeededBatches`). Workers start anew each epoch and draw nothing
+    themselves, so results are the same for any ``workers``.
+    """
+    if shuffle or sampler is not None:
+        if generator is None:
+            raise ValueError("a shuffled or sampled DataLoader needs a generator")
+        order = sampler if sampler is not None else RandomSampler(dataset, generator=generator)
+        return DataLoader(dataset, batch_sampler=SeededBatches(order, batch_size, generator), num_workers=workers,
+                          collate_fn=_keep_batch, generator=generator, pin_memory=pin_memory)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_keep_batch,
+                      generator=generator, pin_memory=pin_memory)
 
 
 @dataclass
@@ -105,6 +169,8 @@ class DataSplits:
     be applied to new records), which validation score picks the best epoch (``selection``), and, for the
     PhysioNet/CinC Challenge, the reward matrix in class order and the index of the normal class.
     Beats may carry per-example features as constant channels after the signal (``feature_channels``).
+    ``resample_records``: the test split's records are the unit of its bootstrap intervals (patients are
+    disjoint across splits); otherwise examples are (multi-label rows are records already).
     """
 
     train: ECGDataset | RecordDataset
@@ -117,6 +183,7 @@ class DataSplits:
     challenge_weights: np.ndarray | None = None
     normal_index: int | None = None
     feature_channels: int = 0  # trailing input channels that hold per-example features, not signal
+    resample_records: bool = False  # confidence intervals resample whole records (test.meta["record"])
 
     @property
     def signal_channels(self) -> int:
@@ -146,9 +213,10 @@ class DataSplits:
 class RecordDataset(Dataset):
     """Whole multi-lead records of any length with multi-hot labels, cut into fixed windows on the fly.
 
-    ``random_crop``: one window per record per pass, at an offset drawn from torch's global generator (so a
-    resumed run draws the same crops). Otherwise every record is cut into windows ``stride`` apart, the last
-    one flush with the record's end; ``groups`` maps each window to its record for averaging.
+    ``random_crop``: one window per record per pass, at an offset drawn from the batch's seed
+    (:class:`SeededBatch`; a plain list of indices draws from torch's global generator). Otherwise every
+    record is cut into windows ``stride`` apart, the last one flush with the record's end; ``groups`` maps
+    each window to its record for averaging.
     Records shorter than ``window`` are zero-padded at the end.
     """
 
@@ -192,7 +260,8 @@ class RecordDataset(Dataset):
         records = self.groups[indices]
         if self.random_crop:
             room = torch.as_tensor([self.signals[r].shape[1] - self.window + 1 for r in records])
-            starts = (torch.rand(len(records)) * room).long().tolist()
+            seeded = torch.Generator().manual_seed(indices.seed) if isinstance(indices, SeededBatch) else None
+            starts = (torch.rand(len(records), generator=seeded) * room).long().tolist()
         else:
             starts = self.starts[indices].tolist()
         x = torch.stack([self.signals[r][:, s:s + self.window] for r, s in zip(records, starts, strict=True)])

@@ -7,7 +7,6 @@ abnormal) make ``--dataset ptb``.
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loaders.dataset import DataSplits, ECGDataset, cached_arrays, holdout
+from loaders.dataset import DataSplits, ECGDataset, cached_arrays, fingerprint, holdout
 from loaders.download import KAGGLE_ARCHIVE_SHA256, KAGGLE_GDRIVE_ID, fetch_archive, safe_extract, sha256_file
 from loaders.mitdb import AAMI_CLASSES, BINARY_CLASSES, intra_patient_split
 from toolbox.utils import ECGError, atomic_write
@@ -64,11 +63,9 @@ def read_csv(path: Path, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_csv(path: Path, cache_dir: Path, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`read_csv` through a cache keyed by the file's path, size and modification time."""
-    st = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{n_classes}".encode()).hexdigest()[:12]
-    arrays = cached_arrays(cache_dir / f"csv_{path.stem}_{key}.npz",
-                           lambda: dict(zip(("x", "label"), read_csv(path, n_classes), strict=True)))
+    """:func:`read_csv` through a cache keyed by the file's size and modification time."""
+    arrays = cached_arrays(cache_dir, f"csv_{path.stem}_{n_classes}", fingerprint([path]),
+                           lambda: dict(zip(("x", "label"), read_csv(path, n_classes), strict=True)), what=str(path))
     return arrays["x"], arrays["label"]
 
 

@@ -8,7 +8,7 @@ their lead 0 (V5 and V2) is used instead. Record 114 has MLII on lead 1.
 Other beat formats (``BEAT_FORMATS``, ``--beat-format``) keep 187 samples at 125 Hz. ``centered`` starts
 0.5 s before the R peak and is not cut at 1.2 x RR, so the network sees the P wave and the QRS onset,
 which the Kaggle beat (starting at the R peak) leaves out. ``filtered`` is ``centered`` cut from the
-record with its baseline wander removed and divided by its median beat amplitude (``_record_scale``)
+record with its baseline wander removed and divided by its median beat amplitude (``beat_inputs``)
 instead of min-max scaled per 10-s window, so beats keep their height relative to the patient's own.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from scipy.ndimage import median_filter
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
-from loaders.dataset import DataSplits, ECGDataset, cached_arrays, holdout
+from loaders.dataset import DataSplits, ECGDataset, cached_arrays, fingerprint, holdout
 from loaders.download import PHYSIONET_MITDB, fetch_files, parse_sha256sums, sha256_file
 from toolbox.utils import ECGError, write_json
 
@@ -55,9 +55,11 @@ BEAT_SYMBOLS = set("NLRBAaJSVrFejnE/fQ?")
 # Bits per sample of the WFDB signal formats PhysioNet uses (MIT-BIH is format 212).
 FORMAT_BITS = {"8": 8, "16": 16, "24": 24, "32": 32, "61": 16, "80": 8, "160": 16, "212": 12, "310": 10, "311": 10}
 # Bump when the extraction code changes in a way that changes its output (invalidates caches).
-# Version 2 added the RR-interval features; the beats and their order are those of version 1.
-EXTRACTION_VERSION = 2
-# Per-beat RR-interval features, each divided by the record's mean RR interval (de Chazal's average RR).
+# Version 2 added the RR-interval features; version 3 leaves the record-level statistics (the scale of
+# ``filtered`` beats, the mean RR) to ``beat_inputs``; the beats and their order are those of version 1.
+EXTRACTION_VERSION = 3
+# Per-beat RR-interval features; the first three are divided by the record's mean RR interval (de Chazal's
+# average RR), the last is the beat's prematurity.
 RR_FEATURES = ["pre", "post", "local", "pre/local"]
 LOCAL_RR_BEATS = 10  # the local RR is the mean of this many RR intervals ending at the beat
 
@@ -72,14 +74,15 @@ class BeatParams:
     rr_factor: float | None = 1.2  # a beat is zero after this many median RR intervals; None: never cut
     lead: str = "MLII"
     before: int = 0  # samples (at ``fs``) before the R peak where a beat starts
-    scale: str = "window"  # "window": min-max per ``window_s``; "record": see ``_record_scale``
+    scale: str = "window"  # "window": min-max per ``window_s``; "record": baseline removed, see ``beat_inputs``
 
     def key(self) -> str:
         blob = json.dumps({**asdict(self), "version": EXTRACTION_VERSION, "records": RECORDS}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-# --beat-format: name -> extraction parameters (the first is the default, the Kaggle format).
+# --beat-format: name -> extraction parameters (the first is the default, the Kaggle format); the names are
+# ``loaders.BEAT_FORMAT_NAMES``, which the flag parser lists without importing this module.
 BEAT_FORMATS = {"kaggle": BeatParams(), "centered": BeatParams(rr_factor=None, before=62),
                 "filtered": BeatParams(rr_factor=None, before=62, scale="record")}
 
@@ -142,13 +145,9 @@ def _window_scale(x: np.ndarray, win: int) -> np.ndarray:
     return (x - lo[wid]) / span[wid]
 
 
-def _record_scale(x: np.ndarray, fs: int, beats: np.ndarray) -> np.ndarray:
-    """Baseline wander removed (median filters of 200 ms, then 600 ms; de Chazal 2004) and the record divided
-    by the median absolute amplitude at its beats, so beats keep their size relative to the patient's own."""
-    baseline = median_filter(median_filter(x, int(0.2 * fs) | 1, mode="nearest"), int(0.6 * fs) | 1, mode="nearest")
-    x = x - baseline
-    amplitude = float(np.median(np.abs(x[beats]))) if len(beats) else 0.0
-    return x / (amplitude if amplitude > 0 else 1.0)
+def _remove_baseline(x: np.ndarray, fs: int) -> np.ndarray:
+    """Baseline wander removed: median filters of 200 ms, then 600 ms (de Chazal 2004)."""
+    return x - median_filter(median_filter(x, int(0.2 * fs) | 1, mode="nearest"), int(0.6 * fs) | 1, mode="nearest")
 
 
 def _window_median_rr(beats: np.ndarray, n_windows: int, win: int) -> np.ndarray:
@@ -198,12 +197,13 @@ def _read_record(raw_dir: Path, record: str):
     return rec, ann
 
 
-def rr_features(beat_samples: np.ndarray, at: np.ndarray, local: int = LOCAL_RR_BEATS) -> np.ndarray:
-    """RR features (``RR_FEATURES``) of the beats ``at``, from all beat positions ``beat_samples`` of a record.
+def rr_intervals(beat_samples: np.ndarray, at: np.ndarray, local: int = LOCAL_RR_BEATS) -> np.ndarray:
+    """RR intervals of the beats ``at`` from all beat positions ``beat_samples`` of a record: (n, 4) float32.
 
-    ``pre``/``post``: RR interval before/after the beat; ``local``: mean of the ``local`` RR intervals ending at
-    the beat; each divided by the record's mean RR. ``pre/local`` is the beat's prematurity. The first and last
-    beats of a record borrow the one interval they have.
+    ``pre``/``post``: the RR interval before/after the beat; ``local``: the mean of the ``local`` RR intervals
+    ending at the beat (all three in samples); then ``pre/local``, the beat's prematurity. The first and
+    last beats of a record borrow the one interval they have. :func:`beat_inputs` divides the first three
+    by the record's mean RR.
     """
     rr = np.diff(beat_samples).astype(np.float64)
     if len(rr) == 0:
@@ -215,32 +215,65 @@ def rr_features(beat_samples: np.ndarray, at: np.ndarray, local: int = LOCAL_RR_
     end = np.clip(k, 1, len(rr))  # the intervals rr[start:end] end at the beat
     start = np.maximum(end - local, 0)
     local_rr = (csum[end] - csum[start]) / (end - start)
-    scale = float(rr.mean())  # the mean, not the median: in records where most beats are ectopic (232) the
-    # median RR is an ectopic one, while long pauses after them keep the mean near the underlying rhythm
-    return np.stack([pre / scale, post / scale, local_rr / scale, pre / local_rr], axis=1).astype(np.float32)
+    return np.stack([pre, post, local_rr, pre / local_rr], axis=1).astype(np.float32)
+
+
+def beat_inputs(beats: dict[str, np.ndarray], stats: np.ndarray, by_record: bool) -> dict[str, np.ndarray]:
+    """The network's inputs from the cached beats: ``x`` and the RR features ``rr``.
+
+    Record-level statistics come only from the beats ``stats`` marks (on the intra-patient split: those
+    outside the test split, so no test beat shapes a training input; on the inter-patient split: every
+    beat of the record, unlabelled, as a Holter analysis would use the whole recording). They are the
+    record's mean RR interval, which divides the RR features (the mean, not the median: in records where
+    most beats are ectopic, 232, the median RR is an ectopic one, while long pauses after them keep the
+    mean near the underlying rhythm), and with ``by_record`` (``filtered`` beats) the median absolute
+    amplitude at the R peaks, which divides the beats so that they keep their height relative to the
+    patient's own.
+    """
+    x, rr = beats["x"], beats["rr"].copy()
+    if by_record:
+        x = x.copy()
+    for r in np.unique(beats["record"]):
+        mine = beats["record"] == r
+        chosen = mine & stats
+        if not chosen.any():
+            raise ECGError(f"record {r} has no beats to compute its statistics from")
+        rr[mine, :3] /= float(rr[chosen, 0].mean())
+        if by_record:
+            amplitude = float(np.median(beats["amp"][chosen]))
+            x[mine] /= amplitude if amplitude > 0 else 1.0
+    return {"x": x, "rr": rr}
 
 
 NOT_EARLY = 0.9  # a beat is not early when its RR prematurity (pre/local) is at least this
 MIN_TEMPLATE_BEATS = 10  # below this many such beats, a record's template is the median of all its beats
 
 
-def record_templates(x: np.ndarray, records: np.ndarray, prematurity: np.ndarray) -> np.ndarray:
+def record_templates(x: np.ndarray, records: np.ndarray, prematurity: np.ndarray,
+                     stats: np.ndarray | None = None) -> np.ndarray:
     """Each beat's record template: the sample-wise median of the record's beats that do not come early.
 
     No label is used: ectopic beats mostly come early (``prematurity`` = pre/local RR below 0.9), so the
     other beats show the patient's own dominant beat, even in record 232 where most beats are early S
-    beats and the normal ones follow long pauses.
+    beats and the normal ones follow long pauses. Only the beats ``stats`` marks (default: all) are used.
     """
+    stats = np.ones(len(x), dtype=bool) if stats is None else stats
     out = np.empty_like(x)
     for r in np.unique(records):
         mine = records == r
-        chosen = mine & (prematurity >= NOT_EARLY)
-        out[mine] = np.median(x[chosen if chosen.sum() >= MIN_TEMPLATE_BEATS else mine], axis=0)
+        pool = mine & stats
+        chosen = pool & (prematurity >= NOT_EARLY)
+        out[mine] = np.median(x[chosen if chosen.sum() >= MIN_TEMPLATE_BEATS else pool], axis=0)
     return out
 
 
 def extract_record(raw_dir: Path, record: str, params: BeatParams = BeatParams()) -> dict[str, np.ndarray]:
-    """Beats of one record: ``x`` (n, length) float32, ``label`` (AAMI index), ``sample`` (at 360 Hz), ``rr``."""
+    """Beats of one record: ``x`` (n, length) float32, ``label`` (AAMI index), ``sample`` (at 360 Hz), ``rr``
+    (:func:`rr_intervals`) and ``amp``, the absolute amplitude at each R peak (record-scaled formats).
+
+    ``filtered`` beats (``scale="record"``) are cut from the signal with its baseline removed; their division
+    by the record's amplitude is left to :func:`beat_inputs`, which knows the split.
+    """
     rec, ann = _read_record(raw_dir, record)
     lead = rec.sig_name.index(params.lead) if params.lead in rec.sig_name else 0
     fs_in = int(rec.fs)
@@ -250,7 +283,7 @@ def extract_record(raw_dir: Path, record: str, params: BeatParams = BeatParams()
     symbols = np.asarray(ann.symbol)
     pos = np.clip(np.round(ann.sample * params.fs / fs_in).astype(np.int64), 0, len(x) - 1)
     is_beat = np.isin(symbols, list(BEAT_SYMBOLS))
-    x = _window_scale(x, win) if params.scale == "window" else _record_scale(x, params.fs, pos[is_beat])
+    x = _window_scale(x, win) if params.scale == "window" else _remove_baseline(x, params.fs)
 
     keep = np.isin(symbols, list(AAMI_MAP))
     starts = pos[keep] - params.before
@@ -263,9 +296,10 @@ def extract_record(raw_dir: Path, record: str, params: BeatParams = BeatParams()
         valid &= offsets[None, :] < spans[:, None]
     beats = np.where(valid, x[np.clip(idx, 0, len(x) - 1)], 0.0).astype(np.float32)
     labels = np.array([AAMI_MAP[s] for s in symbols[keep]], dtype=np.int64)
-    rr = rr_features(ann.sample[is_beat], ann.sample[keep])
+    rr = rr_intervals(ann.sample[is_beat], ann.sample[keep])
     return {"x": beats, "label": labels, "sample": ann.sample[keep].astype(np.int64),
-            "record": np.full(len(labels), int(record), dtype=np.int64), "rr": rr}
+            "record": np.full(len(labels), int(record), dtype=np.int64), "rr": rr,
+            "amp": np.abs(x[pos[keep]]).astype(np.float32)}
 
 
 def extract_beats(raw_dir: Path, params: BeatParams = BeatParams(), progress: bool = True) -> dict[str, np.ndarray]:
@@ -277,16 +311,23 @@ def extract_beats(raw_dir: Path, params: BeatParams = BeatParams(), progress: bo
 
 def load_beats(raw_dir: Path, cache_dir: Path, params: BeatParams = BeatParams(), *, data_url: str | None = None,
                progress: bool = True) -> dict[str, np.ndarray]:
-    """Extracted beats, from the cache under ``cache_dir`` when present, else extracted and cached."""
+    """Extracted beats, from the cache under ``cache_dir`` when present, else extracted and cached.
+
+    The cache is keyed by the extraction parameters and the size and time of every record file, so new or
+    replaced records are extracted again. Missing records are downloaded first.
+    """
+    ensure_records(raw_dir, data_url, progress)
+
     def extract() -> dict[str, np.ndarray]:
-        ensure_records(raw_dir, data_url, progress)
         check_integrity(raw_dir, cache_dir)
         t0 = time.perf_counter()
         beats = extract_beats(raw_dir, params, progress)
         log.info("extracted %d beats in %.1f s", len(beats["label"]), time.perf_counter() - t0)
         return beats
 
-    return cached_arrays(cache_dir / f"mitdb_beats_{params.key()}.npz", extract)
+    inputs = fingerprint(raw_dir / f"{r}{ext}" for r in RECORDS for ext in (".hea", ".dat", ".atr"))
+    return cached_arrays(cache_dir, f"mitdb_beats_{params.key()}", inputs, extract,
+                         what=f"the MIT-BIH records in {raw_dir}")
 
 
 def intra_patient_split(labels: np.ndarray, seed: int, test_frac: float = 0.2,
@@ -297,6 +338,25 @@ def intra_patient_split(labels: np.ndarray, seed: int, test_frac: float = 0.2,
     return {"train": train, "val": val, "test": test}
 
 
+def _validation_records(pool: list[str], records: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+                        val_frac: float, min_val_beats: int, max_val_share: float) -> list[str] | None:
+    """Whole records of ``pool`` drawn in a random order until they hold ``val_frac`` of its beats; a draw is
+    kept only if N, S and V each have ``min_val_beats`` beats and none of N, S, V, F loses more than
+    ``max_val_share`` of its beats to validation. None when 1000 draws find no such set."""
+    per_record = {r: np.bincount(labels[records == int(r)], minlength=len(AAMI_CLASSES)) for r in pool}
+    total = sum(per_record.values())
+    for _ in range(1000):
+        chosen, counts = [], np.zeros(len(AAMI_CLASSES), dtype=np.int64)
+        for r in rng.permutation(pool):
+            if counts.sum() >= val_frac * total.sum():
+                break
+            chosen.append(str(r))
+            counts += per_record[r]
+        if np.all(counts[:3] >= min_val_beats) and np.all(counts[:4] <= max_val_share * total[:4]):
+            return chosen
+    return None
+
+
 def inter_patient_split(records: np.ndarray, labels: np.ndarray, seed: int, val_frac: float = 0.1,
                         min_val_beats: int = 20, max_val_share: float = 0.35) -> dict[str, np.ndarray]:
     """de Chazal's DS1 -> DS2 split of beat indices; validation = whole DS1 records (seeded choice).
@@ -305,28 +365,68 @@ def inter_patient_split(records: np.ndarray, labels: np.ndarray, seed: int, val_
     a draw is kept only if N, S and V each have ``min_val_beats`` beats in validation, and validation takes
     at most ``max_val_share`` of the DS1 beats of each of N, S, V and F (training keeps most of each).
     """
-    ds1 = np.array([int(r) for r in DS1])
-    in_ds1, in_ds2 = np.isin(records, ds1), np.isin(records, [int(r) for r in DS2])
-    per_record = {r: np.bincount(labels[records == r], minlength=len(AAMI_CLASSES)) for r in ds1}
-    total = sum(per_record.values())
+    chosen = _validation_records(DS1, records, labels, np.random.default_rng(seed), val_frac, min_val_beats,
+                                 max_val_share)
+    if chosen is None:
+        raise ECGError(f"no set of DS1 records gives a validation split with N, S and V beats (seed {seed})")
+    idx = np.arange(len(records))
+    val = np.isin(records, [int(r) for r in chosen])
+    return {"train": idx[np.isin(records, [int(r) for r in DS1]) & ~val], "val": idx[val],
+            "test": idx[np.isin(records, [int(r) for r in DS2])]}
+
+
+def ds1_folds(records: np.ndarray, labels: np.ndarray, k: int, seed: int) -> list[list[str]]:
+    """DS1's records in ``k`` folds for cross-validation, each holding S and V beats (seeded).
+
+    Records are placed one at a time, those with most S beats first (then most V beats; ties in a seeded
+    order), each into the fold whose share of the DS1 N, S and V beats and of its records is smallest so far.
+    """
+    if not 2 <= k <= len(DS1):
+        raise ECGError(f"--folds {k}: DS1 has {len(DS1)} records; use 2 to {len(DS1)} folds")
     rng = np.random.default_rng(seed)
-    for _ in range(1000):
-        chosen, counts = [], np.zeros(len(AAMI_CLASSES), dtype=np.int64)
-        for r in rng.permutation(ds1):
-            if counts.sum() >= val_frac * total.sum():
-                break
-            chosen.append(r)
-            counts += per_record[r]
-        if np.all(counts[:3] >= min_val_beats) and np.all(counts[:4] <= max_val_share * total[:4]):
-            val = np.isin(records, chosen)
-            idx = np.arange(len(records))
-            return {"train": idx[in_ds1 & ~val], "val": idx[val], "test": idx[in_ds2]}
-    raise ECGError(f"no set of DS1 records gives a validation split with N, S and V beats (seed {seed})")
+    counts = {r: np.append(np.bincount(labels[records == int(r)], minlength=len(AAMI_CLASSES))[:3], 1) for r in DS1}
+    total = np.maximum(sum(counts.values()), 1)  # N, S and V beats, and records
+    order = sorted((str(r) for r in rng.permutation(DS1)), key=lambda r: (-counts[r][1], -counts[r][2]))
+    folds: list[list[str]] = [[] for _ in range(k)]
+    load = np.zeros((k, 4))
+    for r in order:
+        share = ((load + counts[r]) / total).sum(axis=1) + rng.random(k) * 1e-9  # seeded tie-break
+        f = int(np.argmin(share))
+        folds[f].append(r)
+        load[f] += counts[r]
+    empty = [i + 1 for i in range(k) if load[i, 1] == 0 or load[i, 2] == 0]
+    if empty:
+        raise ECGError(f"--folds {k}: fold {empty[0]} gets no S or no V beats; use fewer folds")
+    return [sorted(f) for f in folds]
+
+
+def fold_split(records: np.ndarray, labels: np.ndarray, k: int, fold: int, seed: int, val_frac: float = 0.1,
+               min_val_beats: int = 20, max_val_share: float = 0.35) -> tuple[dict[str, np.ndarray],
+                                                                             list[list[str]]]:
+    """Cross-validation inside DS1: test on the records of fold ``fold`` (1-based) of :func:`ds1_folds`, train
+    on the other folds' records, validation = whole records among those (as :func:`inter_patient_split`).
+    DS2 is not touched. Returns the split and the folds."""
+    folds = ds1_folds(records, labels, k, seed)
+    pool = [r for i, f in enumerate(folds) for r in f if i != fold - 1]
+    chosen = None
+    for share in (max_val_share, 0.5):  # with few records left, allow validation up to half of a class
+        chosen = _validation_records(pool, records, labels, np.random.default_rng(seed), val_frac, min_val_beats,
+                                     share)
+        if chosen is not None:
+            break
+    if chosen is None:
+        raise ECGError(f"--folds {k} --fold {fold}: the training folds have no set of records that gives a "
+                       f"validation split with N, S and V beats; use fewer folds")
+    idx = np.arange(len(records))
+    val = np.isin(records, [int(r) for r in chosen])
+    return ({"train": idx[np.isin(records, [int(r) for r in pool]) & ~val], "val": idx[val],
+             "test": idx[np.isin(records, [int(r) for r in folds[fold - 1]])]}, folds)
 
 
 def _manifest(beats: dict[str, np.ndarray], split: dict[str, np.ndarray], seed: int, params: BeatParams,
-              protocol: str = "intra") -> dict[str, Any]:
-    """splits.json content: for each split, the records and the annotation samples of its beats by record."""
+              protocol: str = "intra", folds: list[list[str]] | None = None, fold: int | None = None) -> dict[str, Any]:
+    """splits.json content: for each split, the records and the annotation samples of its beats by record
+    (and for cross-validation inside DS1, every fold's records and which one is tested)."""
     out: dict[str, Any] = {"database": "mitdb", "protocol": PROTOCOLS[protocol], "split_seed": seed,
                            "extraction": {**asdict(params), "version": EXTRACTION_VERSION},
                            "records": {name: sorted(str(r) for r in np.unique(beats["record"][idx]))
@@ -337,6 +437,8 @@ def _manifest(beats: dict[str, np.ndarray], split: dict[str, np.ndarray], seed: 
                                                                                    minlength=5), strict=False)}
         rec, smp = beats["record"][idx], beats["sample"][idx]
         out["beats"][name] = {str(r): smp[rec == r].tolist() for r in np.unique(rec)}
+    if folds is not None:
+        out["cross_validation"] = {"folds": folds, "fold": fold}
     return out
 
 
@@ -366,19 +468,25 @@ def _split_from_manifest(beats: dict[str, np.ndarray], manifest: dict[str, Any],
 
 def build(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, protocol: str = "intra",
           saved_manifest: dict | None = None, data_url: str | None = None, progress: bool = True,
-          rr_features: bool = False, beat_format: str = "kaggle", median_beat: bool = False) -> DataSplits:
+          rr_features: bool = False, beat_format: str = "kaggle", median_beat: bool = False,
+          folds: int | None = None, fold: int | None = None) -> DataSplits:
     """The MIT-BIH train/val/test datasets (5 AAMI classes, or N versus the rest when ``binary``).
 
-    ``protocol`` ``intra``: stratified random beats; ``inter``: DS1 records for training, DS2 for testing.
+    ``protocol`` ``intra``: stratified random beats; ``inter``: DS1 records for training, DS2 for testing, or
+    with ``folds`` and ``fold``, cross-validation inside DS1 (:func:`fold_split`).
     ``rr_features``: each beat also gets its ``RR_FEATURES`` as constant input channels after the signal.
     ``beat_format``: how a beat is cut and scaled (``BEAT_FORMATS``).
     ``median_beat``: a second signal channel holds the median of the beat's record's beats that do not come
     early (``record_templates``).
+    Record-level statistics (template, scale, mean RR) never use a test beat of a record that training sees
+    (:func:`beat_inputs`).
     """
     if protocol not in PROTOCOLS:
         raise ECGError(f"unknown split '{protocol}'; valid: {', '.join(PROTOCOLS)}")
     if beat_format not in BEAT_FORMATS:
         raise ECGError(f"unknown beat format '{beat_format}'; valid: {', '.join(BEAT_FORMATS)}")
+    if (folds is not None) and protocol != "inter":
+        raise ECGError("--folds splits the DS1 records of the inter-patient protocol; add --split inter")
     params = BEAT_FORMATS[beat_format]
     beats = load_beats(raw_dir, cache_dir, params, data_url=data_url, progress=progress)
     if saved_manifest is not None and saved_manifest.get("protocol") != PROTOCOLS[protocol]:
@@ -392,26 +500,56 @@ def build(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, prot
                            f"{exc}); restore it or start a new run with --version bump") from None
         manifest = saved_manifest
     else:
+        fold_records = None
         if protocol == "intra":
             split = intra_patient_split(beats["label"], split_seed)
+        elif folds is not None:
+            split, fold_records = fold_split(beats["record"], beats["label"], folds, fold, split_seed)
         else:
             split = inter_patient_split(beats["record"], beats["label"], split_seed)
-        manifest = _manifest(beats, split, split_seed, params, protocol)
+        manifest = _manifest(beats, split, split_seed, params, protocol, fold_records, fold)
     labels = (beats["label"] > 0).astype(np.int64) if binary else beats["label"]
     classes = BINARY_CLASSES if binary else AAMI_CLASSES
 
-    templates = (record_templates(beats["x"], beats["record"], beats["rr"][:, RR_FEATURES.index("pre/local")])
+    stats = np.ones(len(labels), dtype=bool)
+    if protocol == "intra":  # records sit on both sides: their statistics come from training-side beats
+        stats[split["test"]] = False
+    inputs = beat_inputs(beats, stats, by_record=params.scale == "record")
+    templates = (record_templates(inputs["x"], beats["record"], beats["rr"][:, RR_FEATURES.index("pre/local")], stats)
                  if median_beat else None)
 
     def subset(idx: np.ndarray) -> ECGDataset:
-        x = beats["x"][idx, None, :]
+        x = inputs["x"][idx, None, :]
         if templates is not None:
             x = np.concatenate([x, templates[idx, None, :]], axis=1)
         if rr_features:
-            x = np.concatenate([x, np.repeat(beats["rr"][idx, :, None], x.shape[2], axis=2)], axis=1)
+            x = np.concatenate([x, np.repeat(inputs["rr"][idx, :, None], x.shape[2], axis=2)], axis=1)
         return ECGDataset(x, labels[idx], classes,
                           meta={"record": beats["record"][idx], "sample": beats["sample"][idx]})
 
     return DataSplits(subset(split["train"]), subset(split["val"]), subset(split["test"]),
-                      {**manifest, "rr_features": RR_FEATURES if rr_features else [], "median_beat": median_beat},
-                      feature_channels=len(RR_FEATURES) if rr_features else 0)
+                      {**manifest, "rr_features": RR_FEATURES if rr_features else [], "median_beat": median_beat,
+                       "statistics": "training-side beats" if protocol == "intra" else "whole records"},
+                      feature_channels=len(RR_FEATURES) if rr_features else 0,
+                      resample_records=protocol == "inter")
+
+
+def build_beats(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, protocol: str = "intra",
+                saved_manifest: dict | None = None, data_url: str | None = None, progress: bool = True,
+                rr_features: bool = False, beat_format: str = "kaggle", median_beat: bool = False,
+                folds: int | None = None, fold: int | None = None) -> DataSplits:
+    """MIT-BIH beats: from the Kaggle CSVs when they lie in the folder, else from the raw records (:func:`build`)."""
+    from loaders import kaggle  # kaggle imports this module
+
+    if kaggle.has_mitbih_csv(raw_dir):
+        needs = [flag for flag, on in (("--rr-features", rr_features), ("--median-beat", median_beat),
+                                       (f"--beat-format {beat_format}", beat_format != "kaggle")) if on]
+        if needs:
+            raise ECGError(f"{needs[0]} needs the raw MIT-BIH records, but {raw_dir} holds the Kaggle CSVs "
+                           f"(beats cut at the R peak, without their times); point ECG_DATA_ROOT or --root-dir "
+                           f"at the records")
+        return kaggle.build_mitbih(raw_dir, cache_dir, binary=binary, split_seed=split_seed, protocol=protocol,
+                                   saved_manifest=saved_manifest)
+    return build(raw_dir, cache_dir, binary=binary, split_seed=split_seed, protocol=protocol,
+                 saved_manifest=saved_manifest, data_url=data_url, progress=progress, rr_features=rr_features,
+                 beat_format=beat_format, median_beat=median_beat, folds=folds, fold=fold)

@@ -7,7 +7,6 @@ out. Folds come from ``strat_fold``: 1-8 train, 9 validation, 10 test (patient-d
 from __future__ import annotations
 
 import ast
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import wfdb
 from tqdm import tqdm
 
 from loaders.cinc2020 import LEADS, resample
-from loaders.dataset import DataSplits, RecordDataset, cache_key, cached_arrays
+from loaders.dataset import DataSplits, RecordDataset, cached_arrays, fingerprint
 from toolbox.utils import ECGError
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,8 @@ def _read_record(folder: Path, rel: str) -> np.ndarray:
 def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True) -> dict[str, np.ndarray]:
     """Every labelled record at ``fs`` Hz: ``signal`` (n, 12, samples), ``ecg_id``, ``labels``, ``fold``.
 
-    Cached as ``.npz``, keyed by the sampling rate and the database table.
+    Cached as ``.npz``, keyed by the sampling rate and the sizes and times of the database and statements
+    tables and of every record file.
     """
     db, diagnostic = read_tables(folder)
     labels = np.stack([superclass_labels(c, diagnostic) for c in db["scp_codes"]])
@@ -91,8 +91,11 @@ def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True) 
         raise ECGError(f"no record of {folder / 'ptbxl_database.csv'} has a diagnostic superclass")
     column = "filename_lr" if fs <= NATIVE_FS else "filename_hr"
     native = NATIVE_FS if column == "filename_lr" else 500
-    stamp = hashlib.sha256((folder / "ptbxl_database.csv").read_bytes()).hexdigest()
-    key = cache_key(CACHE_VERSION, fs, str(folder.resolve()), stamp)
+    files = [folder / f"{rel}{ext}" for rel in db[keep][column] for ext in (".hea", ".dat")]
+    missing = next((f for f in files if not f.is_file()), None)
+    if missing is not None:
+        raise ECGError(f"PTB-XL record file {missing} is missing; {files_hint(folder)}")
+    inputs = fingerprint([folder / "ptbxl_database.csv", folder / "scp_statements.csv", *files])
 
     def build() -> dict[str, np.ndarray]:
         rows = db[keep]
@@ -102,7 +105,8 @@ def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True) 
         return {"signal": np.stack(signals), "ecg_id": rows.index.to_numpy(), "labels": labels[keep],
                 "fold": rows["strat_fold"].to_numpy(), "dropped": np.array(int((~keep).sum()))}
 
-    return cached_arrays(cache_dir / f"ptbxl_{fs}hz_{key}.npz", build)
+    return cached_arrays(cache_dir, f"ptbxl_{fs}hz_v{CACHE_VERSION}", inputs, build,
+                         what=f"the PTB-XL tables or records in {folder}")
 
 
 def build(raw_dir: Path, cache_dir: Path, *, split_seed: int, protocol: str = "folds", fs: int = NATIVE_FS,

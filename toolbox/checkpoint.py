@@ -44,7 +44,12 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
 
 
 def save(state: dict[str, Any], run_dir: Path, *, is_best: bool) -> None:
-    """Write every 5th epoch's copy, ``model_best.pth.tar`` when best, then ``checkpoint.pth.tar``."""
+    """Write ``checkpoint.pth.tar``, then ``model_best.pth.tar`` when best, then every 5th epoch's copy.
+
+    ``checkpoint.pth.tar`` comes first because it marks the epoch as complete: a run killed before it is
+    resumed from the previous epoch, and no other file ever holds an epoch that is not complete. A run killed
+    after it may lack this epoch's best or epoch copy; :func:`repair` writes them from it.
+    """
     def write(name: str) -> None:
         try:
             atomic_write(run_dir / name, lambda tmp: torch.save(state, tmp))
@@ -52,12 +57,35 @@ def save(state: dict[str, Any], run_dir: Path, *, is_best: bool) -> None:
             raise ECGError(f"cannot write checkpoint {run_dir / name} ({exc.strerror}); the previous one is "
                            f"intact; free space and resume with --resume latest") from None
 
-    # checkpoint.pth.tar last: a run killed before it resumes from the previous epoch and redoes these
-    if state["epoch"] % KEEP_EVERY == 0:
-        write(epoch_name(state["epoch"]))
+    write(LAST)
     if is_best:
         write(BEST)
-    write(LAST)
+    if state["epoch"] % KEEP_EVERY == 0:
+        write(epoch_name(state["epoch"]))
+
+
+def repair(run_dir: Path) -> None:
+    """Write what a kill between :func:`save`'s writes left out: the best and epoch copies of the last epoch."""
+    last = run_dir / LAST
+    if not last.is_file():
+        return
+    state = load(last)
+    wanted = []
+    if state.get("best_epoch") == state["epoch"]:
+        wanted.append(BEST)
+    if state["epoch"] % KEEP_EVERY == 0:
+        wanted.append(epoch_name(state["epoch"]))
+    for name in wanted:
+        path = run_dir / name
+        if not path.is_file() or _epoch_of(path) != state["epoch"]:
+            atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _epoch_of(path: Path) -> int | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True).get("epoch")
+    except Exception:  # a damaged copy is rewritten
+        return None
 
 
 def resolve(run_dir: Path, which: str) -> Path:
@@ -81,13 +109,13 @@ def load(path: Path) -> dict[str, Any]:
     return state
 
 
-def check_compatible(state: dict[str, Any], path: Path, *, model_name: str, in_channels: int,
-                     num_classes: int) -> None:
-    """Refuse a checkpoint of another architecture, lead count or class count."""
-    want = {"model_name": model_name, "in_channels": in_channels, "num_classes": num_classes}
+def check_compatible(state: dict[str, Any], path: Path, **want: Any) -> None:
+    """Refuse a checkpoint of another architecture, lead count, class count or feature count (``want``:
+    the constructor arguments this run needs; a checkpoint without ``feature_channels`` has none)."""
     for key, value in want.items():
-        if state.get(key) != value:
-            raise ECGError(f"{path} holds {key}={state.get(key)!r} but this run needs {key}={value!r}")
+        have = state.get(key, 0 if key == "feature_channels" else None)
+        if have != value:
+            raise ECGError(f"{path} holds {key}={have!r} but this run needs {key}={value!r}")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -41,8 +41,6 @@ SCHEDULERS: dict[str, Callable[..., Any]] = {
 }
 # Schedulers stepped after every batch rather than every epoch.
 PER_BATCH = {"OneCycleLR"}
-# Schedulers whose shape is fixed by --epochs when they are built (a resume must keep --epochs).
-EPOCH_SHAPED = {"OneCycleLR", "CosineAnnealingLR"}
 
 
 def get_scheduler(name: str, optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: int,
@@ -61,3 +59,22 @@ def step_epoch(scheduler: Any, val_score: float) -> None:
         scheduler.step(val_score)
     else:
         scheduler.step()
+
+
+def set_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: Any, values: dict[str, Any]) -> None:
+    """Change a restored optimizer's and scheduler's settings (``--override`` on resume): ``lr``,
+    ``weight_decay``, ``momentum``, ``lr_decay`` (StepLR and ExponentialLR gamma, plateau factor) and
+    ``step`` (StepLR step size, plateau patience). Other keys are ignored."""
+    for group in optimizer.param_groups:
+        for key in ("lr", "weight_decay", "momentum"):
+            if key in values:
+                group[key] = values[key]
+    if "lr" in values and scheduler is not None and hasattr(scheduler, "base_lrs"):
+        scheduler.base_lrs = [values["lr"]] * len(optimizer.param_groups)
+    if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
+        scheduler.factor = values.get("lr_decay", scheduler.factor)
+        scheduler.patience = values.get("step", scheduler.patience)
+    elif isinstance(scheduler, lr_scheduler.StepLR | lr_scheduler.ExponentialLR):
+        scheduler.gamma = values.get("lr_decay", scheduler.gamma)
+        if isinstance(scheduler, lr_scheduler.StepLR):
+            scheduler.step_size = values.get("step", scheduler.step_size)
