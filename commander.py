@@ -1,10 +1,17 @@
 """pytorch-ecg commander: train, resume and test ECG classifiers. Run ``python commander.py --help``."""
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # --help and flag errors answer before the heavy imports below
+    from args import parse_args as _check_flags
+
+    _check_flags()
+
 import argparse
 import logging
 import math
-import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,16 +20,35 @@ import numpy as np
 import torch
 
 import trainer
-from args import check_num_classes, get_args_parser, parse_args, run_name, select_run
-from loaders import DataSplits, get_loader, make_dataloader, raw_dir
+from args import (
+    EPOCH_SHAPED,
+    check_num_classes,
+    claim_run,
+    naming_flags,
+    parse_args,
+    reconcile,
+    run_name,
+    select_run,
+)
+from loaders import DatasetSpec, get_loader, raw_dir
 from loaders.cinc2020 import write_outputs
-from models import get_model
+from loaders.dataset import DataSplits, make_dataloader
+from models import constructor_args, get_model
 from toolbox import checkpoint
 from toolbox.augment import Augmenter
 from toolbox.logger import RunLogger, save_multilabel_predictions, save_predictions
 from toolbox.losses import class_weights, get_criterion, positive_weights
-from toolbox.metrics import MultiLabelTask, multilabel_table, per_class_table
-from toolbox.optimizers import EPOCH_SHAPED, PER_BATCH, get_optimizer, get_scheduler, step_epoch
+from toolbox.metrics import (
+    BOOTSTRAP_SEED,
+    CI_LEVEL,
+    MultiLabelTask,
+    bootstrap_classification,
+    bootstrap_multilabel,
+    headline,
+    multilabel_table,
+    per_class_table,
+)
+from toolbox.optimizers import PER_BATCH, get_optimizer, get_scheduler, set_hyperparameters, step_epoch
 from toolbox.plotter import confusion_matrix_png, multilabel_confusion_png
 from toolbox.samplers import get_sampler
 from toolbox.utils import (
@@ -38,7 +64,7 @@ from toolbox.utils import (
 SHORT_RUN_BATCHES = 10
 # validation scores kept in logger.json (those a split's metrics hold), and how the selection score is printed
 VAL_LOGGED = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "macro_auroc", "macro_auprc", "challenge",
-              "thresholds", "seconds")
+              "f_beta", "g_beta", "thresholds", "seconds")
 SHORT_NAMES = {"macro_f1": "macro-F1", "macro_auroc": "macro AUROC", "challenge": "Challenge metric"}
 
 
@@ -46,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and exit code 2; Ctrl-C exits with 130."""
     args = parse_args(argv)
     try:
-        return run(args)
+        return run(args)[0]
     except ECGError as exc:
         print(f"commander.py: error: {exc}", file=sys.stderr)
         return 2
@@ -55,28 +81,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> tuple[int, Path]:
+    """Train, resume or test as ``args`` say: (exit code, the run folder it used). User errors raise ECGError."""
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     spec = get_loader(args.dataset)
-    run_dir = select_run(args.root_dir / args.dataset / "runs", run_name(args), args.version,
-                         existing=args.resume is not None)
+    runs_dir = args.root_dir / args.dataset / "runs"
+    run_dir = select_run(runs_dir, run_name(args), args.version, existing=args.resume is not None, args=args)
     ensure_writable(args.root_dir, "--root-dir")
+    state, path = open_checkpoint(run_dir, args) if args.resume else (None, None)
+    pretrained = checkpoint.load(args.pretrained) if args.pretrained is not None and state is None else None
     device = setup_env(args.seed, args.disable_cuda)
 
-    splits_file = run_dir / "splits.json"
-    manifest = read_json(splits_file) if splits_file.is_file() else None
-    raw = raw_dir(spec.db, args.root_dir)
-    extra = {"fs": args.fs, "seq_len": args.seq_len} if spec.multilabel else {}
-    if spec.db == "mitdb":  # the beat options (the parser refuses them for the other datasets)
-        extra = {"rr_features": args.rr_features, "beat_format": args.beat_format, "median_beat": args.median_beat}
-    data = spec.build(raw, args.root_dir / "cache", split_seed=args.split_seed, protocol=args.split,
-                      saved_manifest=manifest, data_url=args.data_url, **extra)
+    data, raw = build_data(args, spec, run_dir)
     check_num_classes(args, data.classes)
     if args.verbose or not args.test:
         print(f"{args.dataset} ({data.manifest['database']}, {data.manifest['protocol']} split): "
               f"examples per class and split\n{data.counts_table()}")
 
+    shape = constructor_args(args.model_name, data.in_channels, len(data.classes), data.feature_channels)
     model = get_model(args.model_name, data.in_channels, len(data.classes), data.feature_channels).to(device)
+    for loaded, where in ((state, path), (pretrained, args.pretrained)):
+        if loaded is not None:
+            checkpoint.check_compatible(loaded, where, **shape)
+            checkpoint.load_weights(loaded, where, model)
     weight = None
     if args.class_balance and data.multilabel:
         weight = positive_weights(data.train.class_counts(), len(data.train.labels), args.class_balance)
@@ -85,48 +112,116 @@ def run(args: argparse.Namespace) -> int:
     criterion = get_criterion(args.criterion, weight, args.label_smoothing).to(device)
     task = MultiLabelTask(args.threshold_metric, data.challenge_weights, data.normal_index) if data.multilabel else None
     if args.test:
-        return test_run(args, run_dir, model, criterion, data, device, task)
-    return train_run(args, run_dir, model, criterion, data, device, raw, task)
+        return test_run(args, run_dir, path, state, model, criterion, data, device, task), run_dir
+    return train_run(args, runs_dir, run_dir, state, path, shape, model, criterion, data, device, raw, task)
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, args: argparse.Namespace, data: DataSplits) -> dict[str, Any]:
-    """Read a checkpoint, check it fits this model and dataset, and load its weights."""
-    state = checkpoint.load(path)
-    checkpoint.check_compatible(state, path, model_name=args.model_name, in_channels=data.in_channels,
-                                num_classes=len(data.classes))
-    checkpoint.load_weights(state, path, model)
-    return state
-
-
-def test_run(args: argparse.Namespace, run_dir: Path, model: torch.nn.Module, criterion: torch.nn.Module,
-             data: DataSplits, device: torch.device, task: MultiLabelTask | None) -> int:
-    """Evaluate a saved checkpoint on the test split and write pred/."""
+def open_checkpoint(run_dir: Path, args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    """The checkpoint --resume or --test names, with ``args`` reconciled with the flags it was trained with."""
+    checkpoint.repair(run_dir)
     path = checkpoint.resolve(run_dir, args.resume)
-    state = load_checkpoint(path, model, args, data)
+    state = checkpoint.load(path)
+    reconcile(args, state.get("args") or {}, state.get("overrides") or {}, f"{run_dir.name}/{path.name}")
+    if args.test:
+        return state, path
+    args.amp = args.override.get("amp", args.amp)
+    if args.start_epoch is not None and args.start_epoch != state["epoch"]:
+        raise ECGError(f"--start-epoch {args.start_epoch} disagrees with {path.name}, which has trained "
+                       f"{state['epoch']} epochs; drop --start-epoch (a resumed run continues after its checkpoint)")
+    trained_for = (state.get("args") or {}).get("epochs")
+    if args.scheduler in EPOCH_SHAPED and trained_for is not None and trained_for != args.epochs:
+        raise ECGError(f"{args.scheduler} was shaped for --epochs {trained_for} when this run started; "
+                       f"resume with --epochs {trained_for}")
+    if state["epoch"] >= args.epochs:
+        raise ECGError(f"{run_dir.name} has already trained {state['epoch']} epochs; pass --epochs above "
+                       f"{state['epoch']} to continue it, or --test to evaluate it")
+    return state, path
+
+
+def build_data(args: argparse.Namespace, spec: DatasetSpec, run_dir: Path | None) -> tuple[DataSplits, Path]:
+    """The dataset's splits (those of the run's splits.json when it has one) and the raw folder they come from."""
+    splits_file = run_dir / "splits.json" if run_dir is not None else None
+    manifest = read_json(splits_file) if splits_file is not None and splits_file.is_file() else None
+    raw = raw_dir(spec.db, args.root_dir)
+    extra: dict[str, Any] = {"fs": args.fs, "seq_len": args.seq_len} if spec.multilabel else {}
+    if spec.db == "mitdb":  # the beat options (the parser refuses them for the other datasets)
+        extra = {"rr_features": args.rr_features, "beat_format": args.beat_format, "median_beat": args.median_beat,
+                 "folds": args.folds, "fold": args.fold}
+    data = spec.build(raw, args.root_dir / "cache", split_seed=args.split_seed, protocol=args.split,
+                      saved_manifest=manifest, data_url=args.data_url, **extra)
+    return data, raw
+
+
+def flags(args: argparse.Namespace) -> dict[str, Any]:
+    """``args`` as JSON-friendly values (paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
+def record_invocation(run_dir: Path, args: argparse.Namespace, action: str, first: dict[str, Any] | None = None,
+                      **details: Any) -> None:
+    """Append this invocation (time, command, the flags given, overrides, code version, ``details``) to the run's
+    config.json; ``first`` (the run's flags, dataset and model) creates the file when it does not exist yet."""
+    env = environment_info()
+    invocation = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "action": action, "command": sys.argv,
+                  "given": {k: flags(args)[k] for k in args.given}, "overrides": args.override,
+                  "git_commit": env["git_commit"], "git_dirty": env["git_dirty"], **details}
+    path = run_dir / "config.json"
+    if path.is_file():
+        config = read_json(path)
+        config.setdefault("invocations", []).append(invocation)
+    elif first is not None:
+        config = {**first, **env, "invocations": [invocation]}
+    else:  # a run folder made without config.json is left as it is
+        return
+    write_json(path, config)
+
+
+def test_run(args: argparse.Namespace, run_dir: Path, path: Path, state: dict[str, Any], model: torch.nn.Module,
+             criterion: torch.nn.Module, data: DataSplits, device: torch.device, task: MultiLabelTask | None) -> int:
+    """Evaluate a saved checkpoint on the test split and write pred/ (``_short`` files for --short-run)."""
     loader = make_dataloader(data.test, args.batch_size, workers=args.workers, pin_memory=device.type == "cuda")
     max_batches = SHORT_RUN_BATCHES if args.short_run else None
+    pred_dir, tag = run_dir / "pred", f"test_{args.resume}" + ("_short" if args.short_run else "")
     if task is not None:
-        return test_multilabel(args, run_dir, path, state, model, criterion, data, device, task, loader, max_batches)
+        return test_multilabel(args, run_dir, path, state, model, criterion, data, device, task, loader,
+                               max_batches, tag)
     metrics, probs, targets = trainer.test(model, loader, criterion, device, data.classes, amp=args.amp,
                                            max_batches=max_batches)
-    pred_dir, tag = run_dir / "pred", f"test_{args.resume}"
+    groups = data.test.meta["record"][: len(targets)] if data.resample_records else None
+    ci = (bootstrap_classification(targets, probs.argmax(axis=1), data.classes, groups, args.bootstrap)
+          if args.bootstrap else None)
     save_predictions(pred_dir / f"{tag}_predictions.csv", probs, targets, data.classes, data.test.meta)
     write_json(pred_dir / f"{tag}_metrics.json", {"checkpoint": path.name, "epoch": state["epoch"],
-                                                  "examples": len(targets), **metrics})
+                                                  "examples": len(targets), **metrics, "ci": ci,
+                                                  "bootstrap": _bootstrap_note(args, groups is not None)})
     for normalize, suffix in ((False, ""), (True, "_normalized")):
         confusion_matrix_png(metrics["confusion_matrix"], data.classes, pred_dir / f"{tag}_confusion{suffix}.png",
                              normalize=normalize, title=f"{run_dir.name}\n{path.name}, epoch {state['epoch']}")
     print(f"test ({path.name}, epoch {state['epoch']}, {len(targets)} examples): "
-          f"accuracy {metrics['accuracy']:.4f}  balanced accuracy {metrics['balanced_accuracy']:.4f}  "
-          f"macro-F1 {metrics['macro_f1']:.4f}  loss {metrics['loss']:.4f}")
-    print(per_class_table(metrics))
+          f"{headline(metrics, ('accuracy', 'balanced_accuracy', 'macro_f1', 'loss'), ci)}")
+    _print_ci_note(args, "records" if groups is not None else "beats")
+    print(per_class_table(metrics, ci))
     print(f"predictions, metrics and confusion matrices: {pred_dir}")
+    record_invocation(run_dir, args, "test", checkpoint=path.name, checkpoint_epoch=state["epoch"])
     return 0
+
+
+def _bootstrap_note(args: argparse.Namespace, records: bool) -> dict[str, Any] | None:
+    if not args.bootstrap:
+        return None
+    return {"resamples": args.bootstrap, "unit": "record" if records else "example", "level": CI_LEVEL,
+            "seed": BOOTSTRAP_SEED}
+
+
+def _print_ci_note(args: argparse.Namespace, unit: str) -> None:
+    if args.bootstrap:
+        print(f"[lo, hi]: {CI_LEVEL:.0%} bootstrap interval, {args.bootstrap} resamples of the test {unit}")
 
 
 def test_multilabel(args: argparse.Namespace, run_dir: Path, path: Path, state: dict[str, Any],
                     model: torch.nn.Module, criterion: torch.nn.Module, data: DataSplits, device: torch.device,
-                    task: MultiLabelTask, loader: torch.utils.data.DataLoader, max_batches: int | None) -> int:
+                    task: MultiLabelTask, loader: torch.utils.data.DataLoader, max_batches: int | None,
+                    tag: str) -> int:
     """Test a multi-label checkpoint with its validation thresholds; pred/ also gets Challenge output files."""
     thresholds = state.get("thresholds")
     if not isinstance(thresholds, list) or len(thresholds) != len(data.classes):
@@ -134,30 +229,34 @@ def test_multilabel(args: argparse.Namespace, run_dir: Path, path: Path, state: 
                        f"on a multi-label dataset by this version of pytorch-ecg")
     metrics, probs, targets = trainer.test(model, loader, criterion, device, data.classes, amp=args.amp,
                                            max_batches=max_batches, task=task, thresholds=np.array(thresholds))
+    ci = (bootstrap_multilabel(targets, probs, np.array(thresholds), data.classes, args.bootstrap,
+                               weights=task.weights, normal_index=task.normal_index) if args.bootstrap else None)
     records = data.test.meta["record"][: len(targets)]
-    pred_dir, tag = run_dir / "pred", f"test_{args.resume}"
+    pred_dir = run_dir / "pred"
     save_multilabel_predictions(pred_dir / f"{tag}_predictions.csv", probs, targets, data.classes, records,
                                 thresholds)
     write_json(pred_dir / f"{tag}_metrics.json", {"checkpoint": path.name, "epoch": state["epoch"],
-                                                  "records": len(targets), **metrics})
+                                                  "records": len(targets), **metrics, "ci": ci,
+                                                  "bootstrap": _bootstrap_note(args, True)})
     multilabel_confusion_png(metrics["multilabel_confusion"], pred_dir / f"{tag}_confusion.png",
                              title=f"{run_dir.name}\n{path.name}, epoch {state['epoch']}")
-    challenge = ""
+    challenge_dir = pred_dir / ("challenge" + ("_short" if args.short_run else ""))
     if data.challenge_weights is not None:
-        write_outputs(pred_dir / "challenge", records, data.classes, probs, thresholds)
-        challenge = f"  Challenge metric {metrics['challenge']:.4f}"
+        write_outputs(challenge_dir, records, data.classes, probs, thresholds)
+    keys = ("macro_auroc", "macro_auprc", "accuracy", "macro_f1", "f_beta", "g_beta", "challenge", "loss")
     print(f"test ({path.name}, epoch {state['epoch']}, {len(targets)} records): "
-          f"macro AUROC {metrics['macro_auroc']:.4f}  macro AUPRC {metrics['macro_auprc']:.4f}  "
-          f"exact-match accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}{challenge}  "
-          f"loss {metrics['loss']:.4f}")
-    print(multilabel_table(metrics, data.manifest.get("class_names")))
+          f"{headline(metrics, keys, ci).replace('accuracy', 'exact-match accuracy', 1)}")
+    _print_ci_note(args, "records")
+    print(multilabel_table(metrics, data.manifest.get("class_names"), ci))
     print(f"predictions, metrics and confusion counts: {pred_dir}"
-          + (f"; Challenge output files: {pred_dir / 'challenge'}" if challenge else ""))
+          + (f"; Challenge output files: {challenge_dir}" if data.challenge_weights is not None else ""))
+    record_invocation(run_dir, args, "test", checkpoint=path.name, checkpoint_epoch=state["epoch"])
     return 0
 
 
-def train_run(args: argparse.Namespace, run_dir: Path, model: torch.nn.Module, criterion: torch.nn.Module,
-              data: DataSplits, device: torch.device, raw: Path, task: MultiLabelTask | None) -> int:
+def train_run(args: argparse.Namespace, runs_dir: Path, run_dir: Path | None, state: dict[str, Any] | None,
+              path: Path | None, shape: dict[str, Any], model: torch.nn.Module, criterion: torch.nn.Module,
+              data: DataSplits, device: torch.device, raw: Path, task: MultiLabelTask | None) -> tuple[int, Path]:
     """Train (or continue training) until --epochs, validating and checkpointing every epoch."""
     max_batches = SHORT_RUN_BATCHES if args.short_run else None
     generator = torch.Generator().manual_seed(args.seed)
@@ -171,34 +270,22 @@ def train_run(args: argparse.Namespace, run_dir: Path, model: torch.nn.Module, c
     scheduler = get_scheduler(args.scheduler, optimizer, epochs=args.epochs, steps_per_epoch=steps,
                               step=args.step, decay=args.lr_decay, lr=args.lr)
 
-    start_epoch, best_score, best_epoch = 0, -math.inf, 0
-    if args.pretrained:
-        load_checkpoint(args.pretrained, model, args, data)
-    if args.resume:
-        path = checkpoint.resolve(run_dir, args.resume)
-        state = load_checkpoint(path, model, args, data)
-        trained_for = state.get("args", {}).get("epochs")
-        if args.scheduler in EPOCH_SHAPED and trained_for != args.epochs:
-            raise ECGError(f"{args.scheduler} was shaped for --epochs {trained_for} when this run started; "
-                           f"resume with --epochs {trained_for}")
+    start_epoch, best_score, best_epoch, overrides = args.start_epoch or 0, -math.inf, 0, dict(args.override)
+    if state is not None:
         checkpoint.restore_training(state, path, optimizer, scheduler, generator)
+        set_hyperparameters(optimizer, scheduler, args.override)
+        overrides = {**(state.get("overrides") or {}), **args.override}
         start_epoch = state["epoch"]
         best_score, best_epoch = state.get("best_score", -math.inf), state.get("best_epoch", 0)
-    if args.start_epoch is not None:
-        start_epoch = args.start_epoch
-    if start_epoch >= args.epochs:
-        raise ECGError(f"{run_dir.name} has already trained {start_epoch} epochs; pass --epochs above "
-                       f"{start_epoch} to continue it, or --test to evaluate it")
 
+    if run_dir is None:  # a new version, claimed only now that the run can start
+        run_dir = claim_run(runs_dir, run_name(args))
     ensure_writable(run_dir, "the run folder")
     remove_temporaries(run_dir)
-    config = {"run": run_dir.name, "command": sys.argv, "flags": {k: str(v) if isinstance(v, Path) else v
-                                                                  for k, v in vars(args).items()},
-              "dataset": {"classes": data.classes, "in_channels": data.in_channels,
-                          "raw_dir": str(raw.resolve())},
-              "model": {"parameters": sum(p.numel() for p in model.parameters())}, **environment_info()}
-    if not (run_dir / "config.json").exists():
-        write_json(run_dir / "config.json", config)
+    record_invocation(run_dir, args, "resume" if state is not None else "train", first={
+        "run": run_dir.name, "command": sys.argv, "flags": flags(args),
+        "dataset": {"classes": data.classes, "in_channels": data.in_channels, "raw_dir": str(raw.resolve())},
+        "model": {**shape, "parameters": sum(p.numel() for p in model.parameters())}})
     if not (run_dir / "splits.json").exists():
         write_json(run_dir / "splits.json", data.manifest)
 
@@ -206,7 +293,8 @@ def train_run(args: argparse.Namespace, run_dir: Path, model: torch.nn.Module, c
     version = run_dir.name.rsplit("_", 1)[1]
     batch_scheduler = scheduler if args.scheduler in PER_BATCH else None
     augment = Augmenter(args.augment, data.signal_channels) if args.augment else None
-    print(f"run {run_dir}: {args.model_name} ({config['model']['parameters']:,} parameters) on {device}, "
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"run {run_dir}: {args.model_name} ({parameters:,} parameters) on {device}, "
           f"{len(data.train)} train / {len(data.val)} val examples, epochs {start_epoch + 1}-{args.epochs}")
     try:
         for epoch in range(start_epoch + 1, args.epochs + 1):
@@ -232,13 +320,12 @@ def train_run(args: argparse.Namespace, run_dir: Path, model: torch.nn.Module, c
                                                                                  val["per_class"].items()}})
             # the checkpoint is written last: it marks the epoch as complete
             checkpoint.save({
-                "epoch": epoch, "model_name": args.model_name, "in_channels": data.in_channels,
-                "num_classes": len(data.classes), "classes": data.classes, "model": model.state_dict(),
+                "epoch": epoch, **shape, "classes": data.classes, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "best_score": best_score, "best_epoch": best_epoch, "selection": data.selection,
                 "val_macro_f1": val["macro_f1"], "thresholds": val.get("thresholds"), "preprocess": data.preprocess,
-                "args": config["flags"], "rng": checkpoint.rng_state(generator),
+                "args": flags(args), "overrides": overrides, "rng": checkpoint.rng_state(generator),
             }, run_dir, is_best=is_best)
             extra = f" {SHORT_NAMES[data.selection]} {val[data.selection]:.4f}" if data.selection != "macro_f1" else ""
             print(f"epoch {epoch:>3}/{args.epochs}  train loss {tr['loss']:.4f} acc {tr['accuracy']:.4f} "
@@ -249,29 +336,15 @@ def train_run(args: argparse.Namespace, run_dir: Path, model: torch.nn.Module, c
         resume = naming_flags(args) + ["--epochs", str(args.epochs), "--resume", "latest", "--version", version]
         print(f"commander.py: interrupted; checkpoints of complete epochs are kept; continue with: "
               f"python commander.py {' '.join(resume)}", file=sys.stderr)
-        return 130
+        return 130, run_dir
     finally:
         logger.close()
     hint = naming_flags(args) + ["--test", "--resume", "best", "--version", version]
     print(f"best validation {SHORT_NAMES[data.selection]} {best_score:.4f} at epoch {best_epoch}; evaluate it on "
           f"the test split with:\n"
           f"  python commander.py {' '.join(hint)}")
-    return 0
+    return 0, run_dir
 
-
-def naming_flags(args: argparse.Namespace) -> list[str]:
-    """The flags that name this run (those not at their dataset's defaults), for the hints printed by training."""
-    defaults = parse_args(["--dataset", args.dataset])
-    flags = [] if args.dataset == get_args_parser().get_default("dataset") else ["--dataset", args.dataset]
-    for name in ("root_dir", "model_name", "split", "fs", "seq_len", "optimizer", "lr", "batch_size", "scheduler",
-                 "criterion", "class_balance", "sampler", "threshold_metric", "label_smoothing", "beat_format"):
-        value = getattr(args, name)
-        if value != getattr(defaults, name):
-            flags += [f"--{name.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
-    flags += [flag for flag, on in (("--median-beat", args.median_beat), ("--rr-features", args.rr_features)) if on]
-    if args.augment:
-        flags += ["--augment", *args.augment]
-    return flags
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,14 +1,21 @@
-"""Train and test named configurations through commander.py, several seeds each, and print a Markdown table.
+"""Train and test named configurations through commander.py, several seeds each, and print Markdown tables.
 
     python benchmarks/quality.py CONFIG [CONFIG ...] [--seeds 0 1 2] [--root-dir bench_runs] [--ensemble]
+    python benchmarks/quality.py --select CANDIDATE [CANDIDATE ...] [--folds 4] [--seeds 0 1 2]
     python benchmarks/quality.py --list
 
-Each seed is a new version of the run (``--seed S --version bump``), tested with ``--test --resume best``
-on the split's test set (model selection sees validation data only). Rows give mean +- sd over seeds.
-``--ensemble`` adds a row per single-label configuration for the mean of the seeds' test probabilities
-(soft voting; each member is still chosen on validation only); an ``ENSEMBLES`` name does the same over
-every seed of several configurations. Needs the data under ``$ECG_DATA_ROOT``
-(or ``<root-dir>/<db>``).
+Each seed is a new version of the run (``--seed S``); the exact folder it trained is then tested with
+``--test --resume best --version N`` (model selection sees validation data only). Rows give mean +- sd over
+seeds and, in brackets, the 95% bootstrap interval of that mean (test records resampled where records are
+the unit, beats on the intra-patient split). ``--ensemble`` adds a row per single-label configuration for
+the mean of its seeds' test probabilities (soft voting; each member is still chosen on validation only);
+an ``ENSEMBLES`` name does the same over every seed of several configurations.
+
+``--select`` chooses among inter-patient MIT-BIH candidates without the test split: each candidate is
+trained and tested in record-level K-fold cross-validation inside DS1 (``--folds K --fold I``), for every
+seed; its score is the mean over seeds of (S F1 + V F1) / 2 on the pooled out-of-fold predictions (an
+ensemble candidate: of its members' averaged probabilities). Only the winner is then trained on DS1 and
+tested once on DS2. Needs the data under ``$ECG_DATA_ROOT`` (or ``<root-dir>/<db>``).
 """
 from __future__ import annotations
 
@@ -17,49 +24,36 @@ import json
 import platform
 import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import commander
+from toolbox.metrics import bootstrap_classification, bootstrap_multilabel, classification_metrics
+from toolbox.utils import ECGError
 
-import commander  # noqa: E402
-from args import existing_versions, parse_args, run_name  # noqa: E402
-from toolbox.metrics import classification_metrics  # noqa: E402
-
-# name -> flags of commander.py (the published configurations)
+# name -> flags of commander.py (the configurations we measure)
 CONFIGS: dict[str, list[str]] = {
     "intra-cnn1d_3": ["--dataset", "ecg", "--model-name", "cnn1d_3"],
-    "intra-resnet1d_10": ["--dataset", "ecg", "--model-name", "resnet1d_10"],
     "intra-cnn1d_3-rr": ["--dataset", "ecg", "--model-name", "cnn1d_3", "--rr-features"],
-    "intra-resnet1d_10-rr": ["--dataset", "ecg", "--model-name", "resnet1d_10", "--rr-features"],
     "intra-resnet1d_10_small-rr": ["--dataset", "ecg", "--model-name", "resnet1d_10_small", "--rr-features"],
-    "intra-resnet1d_10_small-rr-30": ["--dataset", "ecg", "--model-name", "resnet1d_10_small", "--rr-features",
-                                     "--epochs", "30"],
-    "intra-resnet1d_10_small-rr-centered": ["--dataset", "ecg", "--model-name", "resnet1d_10_small", "--rr-features",
-                                           "--beat-format", "centered"],
-    "intra-resnet1d_10_small-rr-filtered": ["--dataset", "ecg", "--model-name", "resnet1d_10_small", "--rr-features",
-                                           "--beat-format", "filtered"],
     "intra-resnet1d_10_small-rr-filtered-med": ["--dataset", "ecg", "--model-name", "resnet1d_10_small",
                                                "--rr-features", "--beat-format", "filtered", "--median-beat"],
     "inter-cnn1d_3-rr": ["--dataset", "ecg", "--split", "inter", "--model-name", "cnn1d_3", "--rr-features"],
-    "inter-resnet1d_10-rr": ["--dataset", "ecg", "--split", "inter", "--model-name", "resnet1d_10", "--rr-features"],
-    "inter-cnn1d_3-rr-balanced": ["--dataset", "ecg", "--split", "inter", "--model-name", "cnn1d_3", "--rr-features",
-                                 "--class-balance", "importance"],
-    "inter-cnn1d_3-rr-augment": ["--dataset", "ecg", "--split", "inter", "--model-name", "cnn1d_3", "--rr-features",
-                                "--augment", "scale", "noise", "wander", "shift"],
     "inter-cnn1d_3-rr-centered": ["--dataset", "ecg", "--split", "inter", "--model-name", "cnn1d_3", "--rr-features",
                                  "--beat-format", "centered"],
-    "inter-cnn1d_3-rr-filtered-med": ["--dataset", "ecg", "--split", "inter", "--model-name", "cnn1d_3",
-                                     "--rr-features", "--beat-format", "filtered", "--median-beat"],
     "inter-cnn1d_3-rr-filtered": ["--dataset", "ecg", "--split", "inter", "--model-name", "cnn1d_3", "--rr-features",
                                  "--beat-format", "filtered"],
-    "inter-resnet1d_10": ["--dataset", "ecg", "--split", "inter", "--model-name", "resnet1d_10"],
-    "inter-resnet1d_10-sampler": ["--dataset", "ecg", "--split", "inter", "--model-name", "resnet1d_10", "--sampler",
-                                 "importance"],
+    "inter-cnn1d_3-rr-filtered-med": ["--dataset", "ecg", "--split", "inter", "--model-name", "cnn1d_3",
+                                     "--rr-features", "--beat-format", "filtered", "--median-beat"],
+    "inter-cnn1d_3-rr-filtered-balanced": ["--dataset", "ecg", "--split", "inter", "--model-name", "cnn1d_3",
+                                          "--rr-features", "--beat-format", "filtered", "--class-balance",
+                                          "importance"],
+    "inter-resnet1d_10_small-rr-filtered": ["--dataset", "ecg", "--split", "inter", "--model-name",
+                                           "resnet1d_10_small", "--rr-features", "--beat-format", "filtered"],
     "ptbxl-cnn1d_3": ["--dataset", "ptbxl", "--model-name", "cnn1d_3", "--batch-size", "32", "--epochs", "30"],
     "cinc2020-cnn1d_3": ["--dataset", "cinc2020", "--model-name", "cnn1d_3", "--batch-size", "16", "--epochs", "30"],
 }
@@ -68,75 +62,252 @@ CONFIGS: dict[str, list[str]] = {
 ENSEMBLES: dict[str, list[str]] = {
     "inter-cnn1d_3-rr-filtered-and-med": ["inter-cnn1d_3-rr-filtered", "inter-cnn1d_3-rr-filtered-med"],
 }
+SEED_ENSEMBLE = "+seeds"  # suffix of a candidate that is a configuration's seeds averaged, e.g. CONFIG+seeds
 
 
-def run_seed(flags: list[str], seed: int, root: Path) -> dict:
-    """Train and test one seed; the test metrics plus parameters, epochs and training minutes."""
+def run_seed(flags: list[str], seed: int, root: Path) -> dict[str, Any]:
+    """Train one seed, then test the very folder it trained; the test metrics plus size, epochs and minutes."""
     common = [*flags, "--root-dir", str(root)]
-    if commander.main([*common, "--seed", str(seed), "--version", "bump"]) != 0:
-        raise SystemExit(f"training failed: {shlex.join(common)} --seed {seed}")
-    args = parse_args(common)
-    name = run_name(args)
-    run = root / args.dataset / "runs" / f"{name}_{existing_versions(root / args.dataset / 'runs', name)[-1]}"
-    if commander.main([*common, "--test", "--version", run.name.rsplit("_", 1)[1]]) != 0:
-        raise SystemExit(f"testing failed: {run}")
-    metrics = json.loads((run / "pred" / "test_best_metrics.json").read_text())
+    try:
+        code, run = commander.run(commander.parse_args([*common, "--seed", str(seed), "--version", "bump"]))
+        if code != 0:
+            raise SystemExit(f"training stopped ({code}): {shlex.join(common)} --seed {seed}")
+        version = run.name.rsplit("_", 1)[1]
+        commander.run(commander.parse_args([*common, "--test", "--resume", "best", "--version", version]))
+    except ECGError as exc:
+        raise SystemExit(f"quality.py: {shlex.join(common)} --seed {seed}: {exc}") from None
+    tag = "test_best_short" if "--short-run" in flags else "test_best"  # as commander names them
+    metrics = json.loads((run / "pred" / f"{tag}_metrics.json").read_text())
     log = json.loads((run / "logger.json").read_text())
     config = json.loads((run / "config.json").read_text())
     minutes = sum(r["seconds"] for r in log["train"]) / 60 + sum(r["seconds"] for r in log["val"]) / 60
     return {"metrics": metrics, "params": config["model"]["parameters"], "epochs": len(log["train"]),
-            "minutes": minutes, "run": run.name, "dir": run}
+            "minutes": minutes, "run": run.name, "dir": run, "predictions": run / "pred" / f"{tag}_predictions.csv"}
 
 
-def ensemble(results: list[dict]) -> dict:
-    """The seeds' runs as one model: their test probabilities averaged, scored like a run (single-label only)."""
-    tables = [pd.read_csv(r["dir"] / "pred" / "test_best_predictions.csv") for r in results]
+def predictions(results: list[dict[str, Any]]) -> tuple[pd.DataFrame, list[np.ndarray], list[str]]:
+    """The runs' test predictions: the shared columns (index, record, sample, target), each run's
+    probabilities, and the classes; the runs must have been tested on the same examples."""
+    tables = [pd.read_csv(r["predictions"]) for r in results]
     same = [c for c in tables[0].columns if c != "pred" and not c.startswith("p_")]  # index, record, sample, target
     if any(not t[same].equals(tables[0][same]) for t in tables[1:]):
         raise SystemExit(f"the runs {', '.join(r['run'] for r in results)} were tested on different examples")
     classes = [c.removeprefix("p_") for c in tables[0].columns if c.startswith("p_")]
-    probs = np.mean([t[[f"p_{c}" for c in classes]].to_numpy() for t in tables], axis=0)
-    metrics = classification_metrics(tables[0]["target"].to_numpy(), probs.argmax(axis=1), classes)
+    return tables[0][same], [t[[f"p_{c}" for c in classes]].to_numpy() for t in tables], classes
+
+
+def _unit_groups(results: list[dict[str, Any]], shared: pd.DataFrame) -> np.ndarray | None:
+    """The test records when the runs' bootstrap resampled records, else None (examples)."""
+    note = results[0]["metrics"].get("bootstrap") or {}
+    return shared["record"].to_numpy() if note.get("unit") == "record" else None
+
+
+def ensemble(results: list[dict[str, Any]], resamples: int = 1000) -> dict[str, Any]:
+    """The runs as one model: their test probabilities averaged, scored like a run with its bootstrap interval
+    (single-label only)."""
+    shared, probs, classes = predictions(results)
+    mean = np.mean(probs, axis=0)
+    targets = shared["target"].to_numpy()
+    metrics = classification_metrics(targets, mean.argmax(axis=1), classes)
+    metrics["ci"] = bootstrap_classification(targets, mean.argmax(axis=1), classes, _unit_groups(results, shared),
+                                             resamples)
     return {"metrics": metrics, "params": sum(r["params"] for r in results), "epochs": results[0]["epochs"],
             "minutes": sum(r["minutes"] for r in results), "run": "+".join(r["run"] for r in results)}
 
 
-def mean_sd(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
-    values = [v * scale for v in values]
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+def seed_interval(results: list[dict[str, Any]], resamples: int = 1000) -> dict[str, Any]:
+    """95% bootstrap interval of the mean over the runs (each run scored on the same resampled test units)."""
+    if "macro_auroc" in results[0]["metrics"]:
+        tables = [pd.read_csv(r["predictions"]) for r in results]
+        codes = [c.removeprefix("y_") for c in tables[0].columns if c.startswith("y_")]
+        targets = tables[0][[f"y_{c}" for c in codes]].to_numpy()
+        probs = [t[[f"p_{c}" for c in codes]].to_numpy() for t in tables]
+        thresholds = [np.array([r["metrics"]["per_class"][c]["threshold"] for c in codes]) for r in results]
+        weights = None
+        if "challenge" in results[0]["metrics"]:  # the run's own scoring tables, read as commander reads them
+            from loaders import cinc2020, raw_dir
+            scoring = cinc2020.read_scoring(raw_dir("cinc2020", results[0]["dir"].parents[2]) / "scoring")
+            weights, normal = scoring.weights, scoring.normal_index
+        return bootstrap_multilabel(targets, probs, thresholds, codes, resamples, weights=weights,
+                                    normal_index=normal if weights is not None else None)
+    shared, probs, classes = predictions(results)
+    return bootstrap_classification(shared["target"].to_numpy(), [p.argmax(axis=1) for p in probs], classes,
+                                    _unit_groups(results, shared), resamples)
 
 
-def row(config: str, flags: list[str], results: list[dict], seeds: int | None = None) -> tuple[str, str]:
+def cell(values: list[float | None], ci: list[float] | None, scale: float = 1.0, digits: int = 3) -> str:
+    """'mean ± sd [lo, hi]' of per-seed values and the bootstrap interval of their mean."""
+    kept = [v * scale for v in values if v is not None]
+    if not kept:
+        return "-"
+    sd = statistics.stdev(kept) if len(kept) > 1 else 0.0
+    text = f"{statistics.mean(kept):.{digits}f} ± {sd:.{digits}f}"
+    return text + (f" [{ci[0] * scale:.{digits}f}, {ci[1] * scale:.{digits}f}]" if ci else "")
+
+
+def row(config: str, results: list[dict[str, Any]], ci: dict[str, Any], inter: bool,
+        seeds: int | None = None) -> tuple[str, str]:
     """(header, row) of the Markdown table for one configuration (``seeds``: shown instead of len(results))."""
     m = [r["metrics"] for r in results]
     head = ["config", "seeds", "params", "epochs", "train+val min"]
     cells = [f"`{config}`", str(seeds or len(results)), f"{results[0]['params'] / 1e3:.0f} k",
-             str(results[0]["epochs"]),
-             mean_sd([r["minutes"] for r in results], digits=1)]
+             str(results[0]["epochs"]), cell([r["minutes"] for r in results], None, digits=1)]
     if "macro_auroc" in m[0]:  # multi-label
-        keys = ["macro_auroc", "macro_auprc", "accuracy", "macro_f1"] + (["challenge"] if "challenge" in m[0] else [])
-        head += keys
-        cells += [mean_sd([x[k] for x in m]) for k in keys]
-    else:
-        head += ["accuracy %", "macro-F1"] + [f"F1 {c}" for c in m[0]["per_class"]]
-        cells += [mean_sd([x["accuracy"] for x in m], 100, 2), mean_sd([x["macro_f1"] for x in m])]
-        cells += [mean_sd([x["per_class"][c]["f1"] for x in m]) for c in m[0]["per_class"]]
-        if "inter" in flags:
-            for c in ("S", "V"):
-                head += [f"{c} Se", f"{c} +P"]
-                cells += [mean_sd([x["per_class"][c]["recall"] for x in m]),
-                          mean_sd([x["per_class"][c]["precision"] for x in m])]
+        keys = ["macro_auroc", "accuracy", "macro_f1", "f_beta", "g_beta"] + (["challenge"] if "challenge" in m[0]
+                                                                             else [])
+        head += ["macro AUROC", "exact match", "macro-F1", "F2", "G2"] + (["Challenge"] if "challenge" in m[0] else [])
+        cells += [cell([x[k] for x in m], ci.get(k)) for k in keys]
+        return "| " + " | ".join(head) + " |", "| " + " | ".join(cells) + " |"
+    per_class = ci.get("per_class", {})
+    head += ["accuracy %", "macro-F1"]
+    cells += [cell([x["accuracy"] for x in m], ci.get("accuracy"), 100, 2), cell([x["macro_f1"] for x in m],
+                                                                                 ci.get("macro_f1"))]
+    shown = ("S", "V") if inter else list(m[0]["per_class"])
+    head += [f"F1 {c}" for c in shown]
+    cells += [cell([x["per_class"][c]["f1"] for x in m], per_class.get(c, {}).get("f1")) for c in shown]
+    if inter:
+        for c in ("S", "V"):
+            head += [f"{c} Se", f"{c} +P"]
+            cells += [cell([x["per_class"][c][k] for x in m], per_class.get(c, {}).get(k))
+                      for k in ("recall", "precision")]
     return "| " + " | ".join(head) + " |", "| " + " | ".join(cells) + " |"
+
+
+def print_tables(title: str, command: str, tables: dict[str, list[str]], notes: list[str],
+                 before: list[str] = ()) -> None:
+    """A Markdown report: title with date and machine, the command, ``before``, the tables, then ``notes``."""
+    print(f"\n# {title}, {time.strftime('%Y-%m-%d')}, {platform.machine()}, {platform.node()}\n")
+    print(f"`{command}`\n")
+    if before:
+        print("\n".join(before) + "\n")
+    for head, lines in tables.items():
+        print(head)
+        print("|" + "---|" * head.count(" | ") + "---|")
+        print("\n".join(lines) + "\n")
+    print("\n".join(notes))
+
+
+def measure(configs: list[str], seeds: list[int], root: Path, with_ensembles: bool, command: str) -> None:
+    """Train, test and tabulate ``configs`` (and ``ENSEMBLES`` names) over ``seeds``."""
+    tables: dict[str, list[str]] = {}
+    notes = []
+    done: dict[str, list[dict]] = {}  # configuration -> its seeds' results, each trained once per invocation
+    for name in configs:
+        members = ENSEMBLES.get(name, [name])
+        for config in members:
+            if config in done:
+                continue
+            results = done[config] = [run_seed(CONFIGS[config], seed, root) for seed in seeds]
+            inter = "inter" in CONFIGS[config]
+            head, line = row(config, results, seed_interval(results), inter)
+            tables.setdefault(head, []).append(line)
+            if with_ensembles and "macro_auroc" not in results[0]["metrics"]:
+                whole = ensemble(results)
+                head, line = row(f"{config}{SEED_ENSEMBLE}", [whole], whole["metrics"]["ci"], inter,
+                                 seeds=len(results))
+                tables[head].append(line)
+            notes.append(f"python commander.py {shlex.join(CONFIGS[config])} --seed S  # then --test; "
+                         f"runs {', '.join(r['run'] for r in results)}")
+        if name in ENSEMBLES:
+            whole = ensemble([r for config in members for r in done[config]])
+            head, line = row(name, [whole], whole["metrics"]["ci"], True, seeds=len(members) * len(seeds))
+            tables.setdefault(head, []).append(line)
+    print_tables("Quality", command, tables, notes)
+
+
+# ---- selection by cross-validation inside DS1 ----
+
+def members_of(candidate: str) -> tuple[list[str], bool]:
+    """The configurations a candidate is made of, and whether their runs are averaged into one model."""
+    if candidate in ENSEMBLES:
+        return ENSEMBLES[candidate], True
+    if candidate.endswith(SEED_ENSEMBLE):
+        return [candidate.removesuffix(SEED_ENSEMBLE)], True
+    return [candidate], False
+
+
+def out_of_fold(results: list[dict[str, Any]]) -> tuple[np.ndarray, list[np.ndarray], list[str]]:
+    """Targets and each seed's probabilities over every fold's test records (folds concatenated)."""
+    by_seed: dict[int, list] = {}
+    targets, classes = [], None
+    for fold_results in results:  # one list per fold: the seeds' results
+        shared, probs, classes = predictions(fold_results)
+        targets.append(shared["target"].to_numpy())
+        for s, p in enumerate(probs):
+            by_seed.setdefault(s, []).append(p)
+    return np.concatenate(targets), [np.concatenate(by_seed[s]) for s in sorted(by_seed)], classes
+
+
+def cv_scores(targets: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, float]:
+    m = classification_metrics(targets, probs.argmax(axis=1), classes)
+    s_f1, v_f1 = m["per_class"]["S"]["f1"] or 0.0, m["per_class"]["V"]["f1"] or 0.0
+    return {"score": (s_f1 + v_f1) / 2, "S F1": s_f1, "V F1": v_f1, "macro-F1": m["macro_f1"],
+            "accuracy": m["accuracy"]}
+
+
+def select(candidates: list[str], folds: int, seeds: list[int], root: Path, command: str) -> None:
+    """Rank ``candidates`` by DS1 cross-validation, then train the winner on DS1 and test it once on DS2."""
+    for c in candidates:
+        for config in members_of(c)[0]:
+            if config not in CONFIGS or "inter" not in CONFIGS[config]:
+                raise SystemExit(f"quality.py --select: {config} is not an inter-patient MIT-BIH configuration")
+    cv: dict[str, list[list[dict]]] = {}  # configuration -> per fold, the seeds' results
+    ranking = []
+    for candidate in candidates:
+        configs, averaged = members_of(candidate)
+        for config in configs:
+            if config not in cv:
+                cv[config] = [[run_seed([*CONFIGS[config], "--folds", str(folds), "--fold", str(i)], s, root)
+                               for s in seeds] for i in range(1, folds + 1)]
+        pooled = [out_of_fold(cv[config]) for config in configs]
+        targets, classes = pooled[0][0], pooled[0][2]
+        if averaged:  # one model: every member run's probabilities averaged
+            scores = [cv_scores(targets, np.mean([p for _, runs, _ in pooled for p in runs], axis=0), classes)]
+        else:
+            scores = [cv_scores(targets, p, classes) for p in pooled[0][1]]
+        minutes = sum(r["minutes"] for config in configs for fold in cv[config] for r in fold)
+        ranking.append((statistics.mean(s["score"] for s in scores), candidate, scores, minutes))
+    ranking.sort(key=lambda item: -item[0])
+    lines = ["| rank | candidate | CV score (S F1 + V F1) / 2 | S F1 | V F1 | macro-F1 | accuracy % | train min |",
+             "|---|---|---|---|---|---|---|---|"]
+    for rank, (_, candidate, scores, minutes) in enumerate(ranking, 1):
+        values = {k: [s[k] for s in scores] for k in scores[0]}
+        lines.append(f"| {rank} | `{candidate}` | {cell(values['score'], None)} | {cell(values['S F1'], None)} | "
+                     f"{cell(values['V F1'], None)} | {cell(values['macro-F1'], None)} | "
+                     f"{cell(values['accuracy'], None, 100, 2)} | {minutes:.0f} |")
+    winner = ranking[0][1]
+    configs, averaged = members_of(winner)
+    final = {config: [run_seed(CONFIGS[config], s, root) for s in seeds] for config in configs}
+    tables: dict[str, list[str]] = {}
+    everything = [r for config in configs for r in final[config]]
+    if averaged:
+        whole = ensemble(everything)
+        head, line = row(f"{winner} (the winner)", [whole], whole["metrics"]["ci"], True, seeds=len(everything))
+        tables.setdefault(head, []).append(line)
+    for config in configs:
+        label = f"{config} ({'member of the winner' if averaged else 'the winner'})"
+        head, line = row(label, final[config], seed_interval(final[config]), True)
+        tables.setdefault(head, []).append(line)
+    fold_lists = json.loads((cv[configs[0]][0][0]["dir"] / "splits.json").read_text())["cross_validation"]["folds"]
+    before = [f"Cross-validation inside DS1 in {folds} folds of whole records {fold_lists}, seeds {seeds}; "
+              f"each candidate's score is computed on its pooled out-of-fold predictions (DS2 unused):", "",
+              *lines, "", f"The winner, `{winner}`, trained on DS1 (DS1 validation records choose its epoch) and "
+              f"tested once on DS2 (mean ± sd over seeds [95% bootstrap interval, DS2 records resampled]):"]
+    notes = [f"runs of {config}: {', '.join(r['run'] for r in final[config])}" for config in configs]
+    print_tables("Selection by cross-validation inside DS1", command, tables, notes, before)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("configs", nargs="*", help=f"from: {', '.join(CONFIGS)}")
+    p.add_argument("configs", nargs="*", help=f"from: {', '.join([*CONFIGS, *ENSEMBLES])}")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--root-dir", type=Path, default=Path("bench_runs"))
     p.add_argument("--ensemble", action="store_true",
                    help="also score each single-label configuration's seeds as one model (mean probabilities)")
+    p.add_argument("--select", action="store_true",
+                   help="rank the given inter-patient candidates (configurations, CONFIG+seeds, ensembles) by "
+                        "cross-validation inside DS1, then train the winner on DS1 and test it on DS2")
+    p.add_argument("--folds", type=int, default=4, help="--select: record-level folds of DS1")
     p.add_argument("--list", action="store_true", help="print the configurations and their flags")
     args = p.parse_args()
     if args.list or not args.configs:
@@ -144,38 +315,17 @@ def main() -> None:
             print(f"{name}: python commander.py {shlex.join(flags)}")
         for name, members in ENSEMBLES.items():
             print(f"{name}: mean test probabilities of every seed of {' and '.join(members)}")
+        print(f"CONFIG{SEED_ENSEMBLE}: with --select, the mean probabilities of a configuration's seeds")
         return
-    unknown = [c for c in args.configs if c not in CONFIGS and c not in ENSEMBLES]
+    unknown = [c for c in args.configs if members_of(c)[0][0] not in CONFIGS and c not in ENSEMBLES]
     if unknown:
         p.error(f"unknown configuration(s) {', '.join(unknown)}; --list shows them")
-    tables: dict[str, list[str]] = {}
-    commands = []
-    done: dict[str, list[dict]] = {}  # configuration -> its seeds' results, each trained once per invocation
-    for name in args.configs:
-        members = ENSEMBLES.get(name, [name])
-        for config in members:
-            if config in done:
-                continue
-            results = done[config] = [run_seed(CONFIGS[config], seed, args.root_dir) for seed in args.seeds]
-            head, line = row(config, CONFIGS[config], results)
-            tables.setdefault(head, []).append(line)
-            if args.ensemble and "macro_auroc" not in results[0]["metrics"]:
-                head, line = row(f"{config} ensemble", CONFIGS[config], [ensemble(results)], seeds=len(results))
-                tables[head].append(line)
-            commands.append(f"python commander.py {shlex.join(CONFIGS[config])} --seed S  # then --test; "
-                            f"runs {', '.join(r['run'] for r in results)}")
-        if name in ENSEMBLES:
-            pooled = [r for config in members for r in done[config]]
-            head, line = row(name, CONFIGS[members[0]], [ensemble(pooled)], seeds=len(pooled))
-            tables.setdefault(head, []).append(line)
-    print(f"\n# Quality, {time.strftime('%Y-%m-%d')}, {platform.machine()}, seeds {args.seeds}\n")
-    print(f"`python benchmarks/quality.py {' '.join(args.configs)} --seeds {' '.join(map(str, args.seeds))}"
-          f"{' --ensemble' if args.ensemble else ''}`\n")
-    for head, lines in tables.items():
-        print(head)
-        print("|" + "---|" * head.count(" | ") + "---|")
-        print("\n".join(lines) + "\n")
-    print("\n".join(commands))
+    command = (f"python benchmarks/quality.py {' '.join(args.configs)} --seeds {' '.join(map(str, args.seeds))}"
+               + (" --ensemble" if args.ensemble else "") + (f" --select --folds {args.folds}" if args.select else ""))
+    if args.select:
+        select(args.configs, args.folds, args.seeds, args.root_dir, command)
+    else:
+        measure(args.configs, args.seeds, args.root_dir, args.ensemble, command)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
 """Beat extraction from the real MIT-BIH records."""
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from loaders import mitdb
+from tests.conftest import link_mitdb
 from toolbox.utils import ECGError
 
 # Beat annotations per AAMI class in the 48 records (PhysioNet's .atr files).
@@ -54,22 +58,27 @@ def test_window_scale_maps_each_window_to_unit_range() -> None:
     assert np.all(y[20:] == 0.0)  # a flat window does not divide by zero
 
 
-def test_record_scale_removes_baseline_wander_and_sets_the_beats_to_one() -> None:
+def test_baseline_removal_and_record_scale_set_the_beats_to_one() -> None:
     fs = 125
     t = np.arange(60 * fs) / fs
-    beats = np.arange(fs // 2, len(t) - fs, fs)  # 60 beats per minute
+    peaks = np.arange(fs // 2, len(t) - fs, fs)  # 60 beats per minute
     spikes = np.zeros_like(t)
-    for k, b in enumerate(beats):  # 40 ms wide QRS spikes; every 10th beat twice as tall
+    for k, b in enumerate(peaks):  # 40 ms wide QRS spikes; every 10th beat twice as tall
         spikes[b - 2:b + 3] = (2.0 if k % 10 else 4.0) * np.array([0.5, 0.8, 1.0, 0.8, 0.5])
     wander = 1.5 * np.sin(2 * np.pi * 0.2 * t) + 3.0  # breathing and an offset
-    y = mitdb._record_scale(spikes + wander, fs, beats)
-    assert np.median(y[beats]) == pytest.approx(1.0)
-    np.testing.assert_allclose(y[beats[::10]], 2.0, atol=0.05)  # relative sizes are kept
+    y = mitdb._remove_baseline(spikes + wander, fs)
     between = np.ones(len(t), bool)
-    for b in beats:
+    for b in peaks:
         between[b - 5:b + 6] = False
-    assert np.abs(y[between]).max() < 0.05  # the wander is gone (it was 1.5 / 2 = 0.75 of a beat)
-    assert np.all(np.isfinite(mitdb._record_scale(np.zeros(100), fs, np.array([10, 50]))))  # flat: no 0 / 0
+    assert np.abs(y[between]).max() < 0.1  # the wander is gone (it was 1.5, 0.75 of a beat's height)
+    # beat_inputs divides each record by the median amplitude at its R peaks
+    beats = {"x": y[peaks[:, None] + np.arange(-2, 3)].astype(np.float32), "amp": np.abs(y[peaks]),
+             "record": np.zeros(len(peaks), np.int64), "rr": np.ones((len(peaks), 4), np.float32)}
+    scaled = mitdb.beat_inputs(beats, np.ones(len(peaks), bool), by_record=True)["x"]
+    assert np.median(scaled[:, 2]) == pytest.approx(1.0)
+    np.testing.assert_allclose(scaled[::10, 2], 2.0, atol=0.05)  # relative sizes are kept
+    flat = {**beats, "x": np.zeros_like(beats["x"]), "amp": np.zeros(len(peaks), np.float32)}
+    assert np.all(np.isfinite(mitdb.beat_inputs(flat, np.ones(len(peaks), bool), by_record=True)["x"]))  # no 0 / 0
 
 
 def test_window_median_rr_falls_back_to_record_median() -> None:
@@ -79,15 +88,36 @@ def test_window_median_rr_falls_back_to_record_median() -> None:
     assert med[1] == np.median(np.diff(beats))  # record median where a window has no RR interval
 
 
-def test_cache_is_reused_without_reading_records(cache_root: Path, beats: dict, monkeypatch) -> None:
+def test_cache_is_reused_without_reading_records(cache_root: Path, data_root: Path, beats: dict,
+                                                monkeypatch) -> None:
     def fail(*args, **kwargs):
         raise AssertionError("records were read again although the cache exists")
 
     monkeypatch.setattr(mitdb, "extract_beats", fail)
-    again = mitdb.load_beats(Path("/nonexistent"), cache_root / "cache", progress=False)
-    for k in beats:
-        np.testing.assert_array_equal(again[k], beats[k])
+    links = link_mitdb(cache_root / "links", data_root)  # other paths, the same files: the same cache
+    for folder in (data_root / "mitdb", links):
+        again = mitdb.load_beats(folder, cache_root / "cache", progress=False)
+        for k in beats:
+            np.testing.assert_array_equal(again[k], beats[k])
     assert len(list((cache_root / "cache").glob("mitdb_beats_*.npz"))) == 1
+
+
+def test_a_changed_record_file_builds_a_new_cache_and_says_so(tmp_path: Path, data_root: Path, beats: dict,
+                                                             cache_root: Path, monkeypatch, caplog) -> None:
+    cache = tmp_path / "cache"
+    shutil.copytree(cache_root / "cache", cache)
+    folder = link_mitdb(tmp_path / "data", data_root)
+    (folder / "100.atr").unlink()  # a new copy of one file: same content, another modification time
+    shutil.copyfile(data_root / "mitdb" / "100.atr", folder / "100.atr")
+    os.utime(folder / "100.atr", ns=(1_000_000_000, 1_000_000_000))
+    calls = []
+    monkeypatch.setattr(mitdb, "extract_beats", lambda *a, **k: calls.append(a) or beats)
+    with caplog.at_level(logging.WARNING):
+        mitdb.load_beats(folder, cache, progress=False)
+    assert len(calls) == 1 and len(list(cache.glob("mitdb_beats_*.npz"))) == 2
+    assert "the MIT-BIH records in" in caplog.text and "changed since the cache" in caplog.text
+    mitdb.load_beats(folder, cache, progress=False)  # now cached under the new fingerprint
+    assert len(calls) == 1
 
 
 def test_cache_key_depends_on_extraction_parameters() -> None:

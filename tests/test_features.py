@@ -20,20 +20,32 @@ from toolbox.utils import ECGError
 # --- RR-interval features -------------------------------------------------------------------------------------
 
 
-def test_rr_features_by_hand() -> None:
-    beats = np.array([0, 100, 200, 250, 450])  # RR 100, 100, 50, 200; mean 112.5 (median 100)
-    rr = mitdb.rr_features(beats, beats[[0, 3, 4]], local=10) * 112.5
+def test_rr_intervals_by_hand() -> None:
+    peaks = np.array([0, 100, 200, 250, 450])  # RR 100, 100, 50, 200
+    rr = mitdb.rr_intervals(peaks, peaks[[0, 3, 4]], local=10)
     assert mitdb.RR_FEATURES == ["pre", "post", "local", "pre/local"]
-    np.testing.assert_allclose(rr[0], [100, 100, 100, 112.5])  # the first beat borrows its one interval
-    np.testing.assert_allclose(rr[1], [50, 200, 250 / 3, 50 / (250 / 3) * 112.5], rtol=1e-6)
-    np.testing.assert_allclose(rr[2], [200, 200, 112.5, 200 / 112.5 * 112.5], rtol=1e-6)  # last: post = pre
+    np.testing.assert_allclose(rr[0], [100, 100, 100, 1.0])  # the first beat borrows its one interval
+    np.testing.assert_allclose(rr[1], [50, 200, 250 / 3, 50 / (250 / 3)], rtol=1e-6)
+    np.testing.assert_allclose(rr[2], [200, 200, 112.5, 200 / 112.5], rtol=1e-6)  # last: post = pre
     # the local mean covers only the last ``local`` intervals
-    np.testing.assert_allclose(mitdb.rr_features(beats, beats[[4]], local=2)[0, 2] * 112.5, 125, rtol=1e-6)
+    np.testing.assert_allclose(mitdb.rr_intervals(peaks, peaks[[4]], local=2)[0, 2], 125, rtol=1e-6)
+
+
+def test_rr_features_are_divided_by_the_mean_rr_of_the_statistics_beats() -> None:
+    beats = {"x": np.zeros((4, 3), np.float32), "amp": np.ones(4, np.float32), "record": np.array([1, 1, 1, 2]),
+             "rr": np.array([[100, 200, 150, 0.5], [300, 100, 150, 2.0], [200, 200, 200, 1.0], [80, 80, 80, 1.0]],
+                            np.float32)}
+    out = mitdb.beat_inputs(beats, np.array([True, True, False, True]), by_record=False)["rr"]
+    # record 1: mean pre RR of its first two beats (the third is not a statistics beat) = 200
+    np.testing.assert_allclose(out[:3, :3], beats["rr"][:3, :3] / 200)
+    np.testing.assert_allclose(out[3], [1, 1, 1, 1])
+    np.testing.assert_array_equal(out[:, 3], beats["rr"][:, 3])  # the prematurity is a ratio already
 
 
 def test_rr_features_of_the_real_records_separate_premature_beats(beats: dict) -> None:
-    rr = {c: np.median(beats["rr"][beats["label"] == k], axis=0) for k, c in enumerate(mitdb.AAMI_CLASSES)}
-    assert beats["rr"].shape == (len(beats["label"]), 4) and np.isfinite(beats["rr"]).all()
+    rr_all = mitdb.beat_inputs(beats, np.ones(len(beats["label"]), bool), by_record=False)["rr"]
+    rr = {c: np.median(rr_all[beats["label"] == k], axis=0) for k, c in enumerate(mitdb.AAMI_CLASSES)}
+    assert rr_all.shape == (len(beats["label"]), 4) and np.isfinite(rr_all).all()
     assert 0.97 < rr["N"][3] < 1.03  # normal beats come on time
     assert rr["S"][3] < 0.85 and rr["V"][3] < 0.85  # supraventricular and ventricular ectopics come early
     assert rr["V"][1] > 1.15  # and a ventricular ectopic is followed by a compensatory pause
@@ -60,7 +72,8 @@ def test_rr_features_are_constant_channels_after_the_beat(inter_rr, cache_root: 
         key = beats["record"] * 1_000_000 + beats["sample"]
         order = np.argsort(key)
         want = order[np.searchsorted(key[order], with_rr.meta["record"] * 1_000_000 + with_rr.meta["sample"])]
-        np.testing.assert_array_equal(features[:, :, 0].numpy(), beats["rr"][want])
+        whole_records = mitdb.beat_inputs(beats, np.ones(len(beats["label"]), bool), by_record=False)["rr"]
+        np.testing.assert_array_equal(features[:, :, 0].numpy(), whole_records[want])  # inter: whole-record RR
 
 
 # --- beat formats -----------------------------------------------------------------------------------------------
@@ -81,8 +94,12 @@ def test_centered_and_filtered_beats_add_the_samples_before_the_r_peak(data_root
 
     filtered = mitdb.extract_record(data_root / "mitdb", "208", mitdb.BEAT_FORMATS["filtered"])
     np.testing.assert_array_equal(filtered["label"], centered["label"])
-    assert np.median(np.abs(filtered["x"][:, before])) == pytest.approx(1.0, abs=0.02)  # beats scaled to the record's
-    assert abs(np.median(filtered["x"])) < 0.05 < abs(np.median(centered["x"]))  # baseline near 0, not min-max
+    inner = slice(1, -1)  # the first and last beats may lie at the record's edge
+    np.testing.assert_allclose(filtered["amp"][inner], np.abs(filtered["x"][inner, before]), rtol=1e-6)
+    scaled = mitdb.beat_inputs({**filtered, "record": np.zeros(len(filtered["label"]), np.int64)},
+                               np.ones(len(filtered["label"]), bool), by_record=True)["x"]
+    assert np.median(np.abs(scaled[:, before])) == pytest.approx(1.0, abs=0.02)  # beats scaled to the record's
+    assert abs(np.median(scaled)) < 0.05 < abs(np.median(centered["x"]))  # baseline near 0, not min-max
 
 
 def test_splits_json_of_another_beat_format_is_refused_and_older_ones_load(cache_root: Path, data_root: Path,
@@ -125,6 +142,41 @@ def test_record_templates_by_hand() -> None:
     # record 2 has too few of them, so all its beats count (and the median ignores the outlier)
     np.testing.assert_array_equal(mitdb.record_templates(x, records, prematurity),
                                   [[1, 1]] * (2 * n - 1) + [[2, 3]] * 3)
+    # only the statistics beats count: without the outlier's neighbours, record 2 keeps [0, 1] and [10, 10]
+    stats = np.ones(len(x), bool)
+    stats[-2] = False
+    np.testing.assert_array_equal(mitdb.record_templates(x, records, prematurity, stats)[-3:], [[5, 5.5]] * 3)
+
+
+def test_no_test_beat_shapes_a_training_input_on_the_intra_patient_split(cache_root: Path, data_root: Path,
+                                                                        tmp_path: Path, monkeypatch) -> None:
+    """Changing every test beat of a record (its signal, amplitude and RR intervals) leaves the inputs of that
+    record's training and validation beats as they were: template, scale and mean RR use training-side beats."""
+    options = {"binary": False, "split_seed": 0, "progress": False, "rr_features": True, "median_beat": True,
+               "beat_format": "filtered"}
+    before = mitdb.build(data_root / "mitdb", cache_root / "cache", **options)
+    real = mitdb.load_beats
+
+    def changed(*args, **kwargs):
+        beats = {k: v.copy() for k, v in real(*args, **kwargs).items()}
+        test = np.zeros(len(beats["label"]), bool)
+        test[mitdb.intra_patient_split(beats["label"], 0)["test"]] = True
+        mine = test & (beats["record"] == 208)
+        beats["x"][mine] = 7.0 * np.sign(beats["x"][mine]) + 3.0
+        beats["amp"][mine] *= 9.0
+        beats["rr"][mine, :3] *= 0.25
+        return beats
+
+    monkeypatch.setattr(mitdb, "load_beats", changed)
+    after = mitdb.build(data_root / "mitdb", cache_root / "cache", **options)
+    for name in ("train", "val"):
+        old, new = getattr(before, name), getattr(after, name)
+        assert (old.meta["record"] == 208).sum() > 200
+        assert torch.equal(old.x, new.x), name  # every record, 208 included: signal, template and RR channels
+    moved = after.test.meta["record"] == 208
+    assert not torch.equal(before.test.x[moved], after.test.x[moved])  # the change reached the test beats
+    # on the inter-patient split a DS2 record's statistics use the whole record, unlabelled (as a Holter would)
+    assert before.manifest["statistics"] == "training-side beats"
 
 
 def test_median_beat_is_a_second_signal_channel(inter_rr, cache_root: Path, data_root: Path, beats: dict) -> None:
