@@ -32,6 +32,22 @@ def files_hint(folder: Path) -> str:
 CACHE_VERSION = 1
 
 
+DATABASE_COLUMNS = ("ecg_id", "scp_codes", "strat_fold", "filename_lr", "filename_hr")
+STATEMENT_COLUMNS = ("diagnostic", "diagnostic_class")
+
+
+def _scp_codes(cell: Any, ecg_id: Any, path: Path) -> dict[str, float]:
+    """One ``scp_codes`` cell: the publisher's dict literal of SCP code -> likelihood."""
+    try:
+        codes = ast.literal_eval(cell) if isinstance(cell, str) else None
+    except (ValueError, SyntaxError):
+        codes = None
+    if not isinstance(codes, dict):
+        raise ECGError(f"{path}: ecg_id {ecg_id}: scp_codes {str(cell)[:40]!r} is not a dict of SCP codes; "
+                       f"restore the publisher's table")
+    return codes
+
+
 def read_tables(folder: Path) -> tuple[pd.DataFrame, dict[str, str]]:
     """The database table (indexed by ecg_id) and the map from diagnostic SCP code to superclass."""
     db_file, scp_file = folder / "ptbxl_database.csv", folder / "scp_statements.csv"
@@ -39,13 +55,22 @@ def read_tables(folder: Path) -> tuple[pd.DataFrame, dict[str, str]]:
         if not f.is_file():
             raise ECGError(f"{f} is missing; {files_hint(folder)}")
     try:
-        db = pd.read_csv(db_file, index_col="ecg_id")
+        db = pd.read_csv(db_file)
         scp = pd.read_csv(scp_file, index_col=0)
-        diagnostic = scp[scp["diagnostic"] == 1]["diagnostic_class"].dropna().to_dict()
-        db["scp_codes"] = db["scp_codes"].map(ast.literal_eval)
-        db["strat_fold"] = db["strat_fold"].astype(int)
-    except (KeyError, ValueError, SyntaxError, pd.errors.ParserError) as exc:
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise ECGError(f"cannot read the PTB-XL tables in {folder} ({type(exc).__name__}: {exc})") from None
+    for path, table, columns in ((db_file, db, DATABASE_COLUMNS), (scp_file, scp, STATEMENT_COLUMNS)):
+        missing = [c for c in columns if c not in table.columns]
+        if missing:
+            raise ECGError(f"{path} lacks the column(s) {', '.join(missing)}; restore the publisher's table")
+    db = db.set_index("ecg_id")
+    folds = pd.to_numeric(db["strat_fold"], errors="coerce")
+    if folds.isna().any() or not folds.between(1, 10).all():
+        bad = db.index[folds.isna() | ~folds.between(1, 10)][0]
+        raise ECGError(f"{db_file}: ecg_id {bad}: strat_fold {db.loc[bad, 'strat_fold']} is not a fold 1-10")
+    db["strat_fold"] = folds.astype(int)
+    db["scp_codes"] = [_scp_codes(cell, i, db_file) for i, cell in zip(db.index, db["scp_codes"], strict=True)]
+    diagnostic = scp[scp["diagnostic"] == 1]["diagnostic_class"].dropna().to_dict()
     return db, diagnostic
 
 
