@@ -35,6 +35,11 @@ OVERRIDABLE = {"lr": "lr", "weight-decay": "weight_decay", "momentum": "momentum
 # and one given on the command line must agree with it (on --test: the seed only).
 RECORDED = ("seed", "short_run", "amp")
 MIN_WINDOW = 16  # samples in a record window (--fs x --seq-len); every model accepts this many
+# --recipe NAME: a published configuration as one flag. It expands to these flags, written before the
+# command line's own (which win where they repeat one); config.json records the name and every flag.
+RECIPES: dict[str, list[str]] = {
+    "mitbih-inter": ["--dataset", "ecg", "--split", "inter", "--model-name", "cnn1d_3", "--rr-features"],
+}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -175,6 +180,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "the run's name ends in _ft, and --resume or --test of it take the same flag")
 
     g = p.add_argument_group("run")
+    g.add_argument("--recipe", default=None, choices=list(RECIPES),
+                   help="a published configuration in one flag; flags given beside it win: " + "; ".join(
+                       f"{name} = {' '.join(flags)}" for name, flags in RECIPES.items()))
     g.add_argument("--version", default=None, type=word_or_number("version"), metavar="{latest,bump,N}",
                    help="run version: bump makes a new one, latest reuses the newest, N picks one "
                         "(default: bump when training, latest with --resume or --test)")
@@ -259,6 +267,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = get_args_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if args.recipe is not None:  # its flags first, so that the command line's own win
+        argv = [*RECIPES[args.recipe], *argv]
+        args = parser.parse_args(argv)
     args.given = given_flags(parser, argv)
     given = set(args.given)
     spec = DATASETS[args.dataset]
@@ -439,15 +450,19 @@ SWITCHES = ("median_beat", "rr_features")
 
 
 def naming_flags(args: argparse.Namespace) -> list[str]:
-    """The command-line flags that name this run (those not at their dataset's defaults), for printed hints."""
-    defaults = parse_args(["--dataset", args.dataset])
-    flags = [] if args.dataset == defaults.dataset and "dataset" not in args.given else ["--dataset", args.dataset]
+    """The command-line flags that name this run (those not at their dataset's or recipe's defaults), for
+    printed hints."""
+    defaults = parse_args(["--dataset", args.dataset, *(["--recipe", args.recipe] if args.recipe else [])])
+    flags = ["--recipe", args.recipe] if args.recipe else []
+    if args.dataset != defaults.dataset or ("dataset" in args.given and not args.recipe):
+        flags += ["--dataset", args.dataset]
     for name in NAMING:
         value = getattr(args, name)
         if value is not None and value != getattr(defaults, name):
             flags += [f"--{name.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
-    flags += [f"--{name.replace('_', '-')}" for name in SWITCHES if getattr(args, name)]
-    if args.augment:
+    flags += [f"--{name.replace('_', '-')}" for name in SWITCHES if getattr(args, name) and
+              not getattr(defaults, name)]
+    if args.augment and args.augment != defaults.augment:
         flags += ["--augment", *args.augment]
     return flags
 
