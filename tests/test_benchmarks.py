@@ -1,28 +1,24 @@
-"""benchmarks/quality.py's ensemble row: the seeds' test probabilities averaged (small tables, by hand)."""
+"""benchmarks/quality.py: ensembles, intervals over seeds and the cross-validation score (small tables, by hand)."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from benchmarks import quality
 from toolbox.logger import save_predictions
-
-spec = importlib.util.spec_from_file_location("quality", REPO / "benchmarks" / "quality.py")
-quality = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(quality)
 
 CLASSES = ["N", "S", "V"]
 
 
-def _run(root: Path, name: str, probs: list[list[float]], targets: list[int]) -> dict:
+def _run(root: Path, name: str, probs: list[list[float]], targets: list[int], records=(100, 100, 200, 200)) -> dict:
     path = root / "ecg" / "runs" / name / "pred" / "test_best_predictions.csv"
     path.parent.mkdir(parents=True)
-    meta = {"record": np.array([100, 100, 200, 200]), "sample": np.array([10, 20, 10, 20])}
+    meta = {"record": np.array(records), "sample": np.arange(len(targets)) * 10}
     save_predictions(path, np.array(probs), np.array(targets), CLASSES, meta)
-    return {"run": name, "dir": path.parent.parent, "params": 1000, "epochs": 10, "minutes": 2.0}
+    return {"run": name, "dir": path.parent.parent, "predictions": path, "params": 1000, "epochs": 10,
+            "minutes": 2.0, "metrics": {"bootstrap": {"unit": "record"}}}
 
 
 def test_ensemble_averages_the_seeds_probabilities(tmp_path: Path) -> None:
@@ -30,9 +26,10 @@ def test_ensemble_averages_the_seeds_probabilities(tmp_path: Path) -> None:
     a = _run(tmp_path, "a_1", [[0.9, 0.1, 0], [0.6, 0.4, 0], [0.1, 0, 0.9], [0.5, 0, 0.5 - 1e-3]], targets)
     b = _run(tmp_path, "a_2", [[0.2, 0.8, 0], [0.1, 0.9, 0], [0.2, 0, 0.8], [0.3, 0, 0.7]], targets)
     # a alone gets 2 of 4 right (examples 1 and 3 go to N), b alone 3 of 4 (example 0 goes to S)
-    out = quality.ensemble([a, b])
+    out = quality.ensemble([a, b], resamples=200)
     # means: [0.55 0.45 0] -> N (right), [0.35 0.65 0] -> S, [0.15 0 0.85] -> V, [0.4 0 0.6] -> V: all right
     assert out["metrics"]["accuracy"] == 1.0 and out["metrics"]["macro_f1"] == 1.0
+    assert out["metrics"]["ci"]["accuracy"] == [1.0, 1.0]
     assert (out["params"], out["minutes"], out["run"]) == (2000, 4.0, "a_1+a_2")
 
 
@@ -41,3 +38,31 @@ def test_ensemble_refuses_runs_tested_on_other_examples(tmp_path: Path) -> None:
     b = _run(tmp_path, "a_2", [[1, 0, 0]] * 4, [0, 1, 2, 0])
     with pytest.raises(SystemExit, match="tested on different examples"):
         quality.ensemble([a, b])
+
+
+def test_seed_interval_is_that_of_the_mean_over_seeds_on_shared_record_draws(tmp_path: Path) -> None:
+    # record 100: both beats right for a, wrong for b; record 200: the other way round. Every draw of records
+    # gives a and b accuracies that sum to 1, so the mean over the two seeds is 1/2 whatever is drawn
+    targets = [0, 0, 0, 0]
+    a = _run(tmp_path, "a_1", [[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0]], targets)
+    b = _run(tmp_path, "a_2", [[0, 1, 0], [0, 1, 0], [1, 0, 0], [1, 0, 0]], targets)
+    assert quality.seed_interval([a, b], resamples=300)["accuracy"] == [0.5, 0.5]
+    alone = quality.seed_interval([a], resamples=300)["accuracy"]
+    assert alone == [0.0, 1.0]  # one seed alone: whole records in or out
+
+
+def test_cross_validation_score_pools_the_folds(tmp_path: Path) -> None:
+    # two folds, two seeds; fold 1 holds an S and a V beat, fold 2 an N and a V beat
+    f1 = [_run(tmp_path, f"f1_{s}", p, [1, 2], records=(101, 101))
+          for s, p in ((1, [[0, 1, 0], [0, 0, 1]]), (2, [[1, 0, 0], [0, 0, 1]]))]
+    f2 = [_run(tmp_path, f"f2_{s}", p, [0, 2], records=(203, 203))
+          for s, p in ((1, [[1, 0, 0], [0, 0, 1]]), (2, [[1, 0, 0], [0, 1, 0]]))]
+    targets, probs, classes = quality.out_of_fold([f1, f2])
+    assert targets.tolist() == [1, 2, 0, 2] and len(probs) == 2 and classes == CLASSES
+    first = quality.cv_scores(targets, probs[0], classes)  # all right
+    second = quality.cv_scores(targets, probs[1], classes)  # S missed, one V taken for S
+    assert first == {"score": 1.0, "S F1": 1.0, "V F1": 1.0, "macro-F1": 1.0, "accuracy": 1.0}
+    assert second["S F1"] == 0.0 and second["V F1"] == pytest.approx(2 / 3) and second["score"] == pytest.approx(1 / 3)
+    assert quality.members_of("inter-cnn1d_3-rr+seeds") == (["inter-cnn1d_3-rr"], True)
+    assert quality.members_of("inter-cnn1d_3-rr-filtered-and-med")[1] is True
+    assert quality.members_of("inter-cnn1d_3-rr") == (["inter-cnn1d_3-rr"], False)

@@ -10,6 +10,7 @@ import torch
 
 import commander
 from args import parse_args, run_name
+from loaders import mitdb
 from tests.conftest import REPO, closed_port, one_line_error, run_cli
 
 BASE = ["--dataset", "ecg", "--model-name", "cnn1d_3", "--scheduler", "StepLR", "--short-run"]
@@ -66,14 +67,26 @@ def test_resume_continues_exactly_and_test_writes_pred(root: Path, capsys) -> No
     assert [r["epoch"] for r in log["val"]] == [1, 2, 3]
 
     capsys.readouterr()
-    assert cli(root, "--test", "--resume", "best", "--version", "latest") == 0
+    assert cli(root, "--test", "--resume", "best", "--version", "latest") == 0  # --short-run: its own files
     out = capsys.readouterr().out
     assert "test (model_best.pth.tar" in out and "macro-F1" in out and "accuracy" in out
-    metrics = json.loads((run / "pred" / "test_best_metrics.json").read_text())
-    assert {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix"} <= set(metrics)
-    assert set(metrics["per_class"]) == {"N", "S", "V", "F", "Q"}
-    for name in ("test_best_predictions.csv", "test_best_confusion.png", "test_best_confusion_normalized.png"):
-        assert (run / "pred" / name).stat().st_size > 0
+    assert "95% bootstrap interval, 1000 resamples of the test beats" in out
+    metrics = json.loads((run / "pred" / "test_best_short_metrics.json").read_text())
+    assert {"accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix", "ci"} <= set(metrics)
+    assert set(metrics["per_class"]) == {"N", "S", "V", "F", "Q"} and metrics["examples"] == 1280
+    assert metrics["ci"]["accuracy"][0] <= metrics["accuracy"] <= metrics["ci"]["accuracy"][1]
+    assert metrics["bootstrap"] == {"resamples": 1000, "unit": "example", "level": 0.95, "seed": 0}
+    for name in ("predictions.csv", "confusion.png", "confusion_normalized.png"):
+        assert (run / "pred" / f"test_best_short_{name}").stat().st_size > 0
+    # the whole test split, then a short test again: the short one leaves the real files alone
+    assert commander.main([*BASE[:-1], "--root-dir", str(root), "--test", "--bootstrap", "200"]) == 0
+    full = (run / "pred" / "test_best_metrics.json").read_bytes()
+    assert json.loads(full)["examples"] == 21899 and json.loads(full)["bootstrap"]["resamples"] == 200
+    assert cli(root, "--test") == 0
+    assert (run / "pred" / "test_best_metrics.json").read_bytes() == full
+    config = json.loads((run / "config.json").read_text())
+    assert [i["action"] for i in config["invocations"]] == ["train", "resume", "test", "test", "test"]
+    assert config["invocations"][1]["given"]["resume"] == "latest" and config["flags"]["epochs"] == 2
 
 
 def test_bump_makes_a_new_version_and_a_finished_run_is_kept(root: Path, capsys) -> None:
@@ -91,7 +104,10 @@ def test_pretrained_loads_weights_into_a_new_run(root: Path) -> None:
     assert cli(root, "--epochs", "1", "--dataset", "ecg") == 0
     best = root / "ecg" / "runs" / f"{RUN}_1" / "model_best.pth.tar"
     assert cli(root, "--epochs", "1", "--pretrained", str(best)) == 0
-    assert (root / "ecg" / "runs" / f"{RUN}_2" / "checkpoint.pth.tar").is_file()
+    tuned = root / "ecg" / "runs" / f"{RUN}_ft_1"  # a fine-tuned run is named apart from a run from scratch
+    assert (tuned / "checkpoint.pth.tar").is_file() and not (root / "ecg" / "runs" / f"{RUN}_2").exists()
+    assert cli(root, "--pretrained", str(best), "--test") == 0 and (tuned / "pred").is_dir()
+    assert cli(root, "--pretrained", str(root / "other.pth.tar"), "--test") == 2  # recorded: another file
     # the binary dataset has 2 classes: the 5-class weights do not fit
     assert commander.main(["--dataset", "ecg_bin", "--model-name", "cnn1d_3", "--short-run", "--epochs", "1",
                            "--root-dir", str(root), "--pretrained", str(best)]) == 2
@@ -140,7 +156,7 @@ def test_notebook_runs_on_a_real_run_folder(root: Path, monkeypatch) -> None:
         if cell["cell_type"] == "code":
             exec(compile("".join(cell["source"]), "inspect_run.ipynb", "exec"), namespace)
     assert list(namespace["val"]["epoch"]) == [1, 2]
-    assert namespace["metric_files"][0].name == "test_best_metrics.json"
+    assert namespace["metric_files"][0].name == "test_best_short_metrics.json"
     assert int(namespace["counts"].loc["N", "test"]) == 18126
 
 
@@ -158,7 +174,7 @@ def test_data_exploration_notebook_executes_on_a_short_run(root: Path, cache_roo
     text = "\n".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
     images = sum("image/png" in o.get("data", {}) for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
     assert "N  90631" in text and "F    803" in text  # class counts of the real extraction
-    assert "test_best_metrics.json: accuracy" in text and "1280 test beats" in text  # --short-run: 10 batches of 128
+    assert "test_best_short_metrics.json: accuracy" in text and "1280 test beats" in text  # 10 batches of 128
     assert images >= 4  # class bars, example beats, curves, confusion matrices
 
 
@@ -170,11 +186,60 @@ def test_inter_patient_run_reports_per_class_scores(root: Path, capsys) -> None:
     assert "_inter_" in run.name
     splits = json.loads((run / "splits.json").read_text())
     assert splits["protocol"] == "inter-patient" and "100" in splits["records"]["test"]
-    assert set(splits["records"]["val"]) <= set(splits["records"]["train"]) | set(splits["records"]["val"])
-    assert not set(splits["records"]["test"]) & (set(splits["records"]["train"]) | set(splits["records"]["val"]))
+    train, val, test = (set(splits["records"][k]) for k in ("train", "val", "test"))
+    assert not train & val and not test & (train | val)  # whole records on one side each
+    assert val and val <= set(mitdb.DS1) and test == set(mitdb.DS2)
     assert json.loads((run / "config.json").read_text())["flags"]["split"] == "inter"
     assert cli(root, "--split", "inter", "--test") == 0
     out = capsys.readouterr().out
-    assert "Se" in out and "+P" in out and "macro-F1" in out
-    metrics = json.loads((run / "pred" / "test_best_metrics.json").read_text())
+    assert "Se" in out and "+P" in out and "macro-F1" in out and "resamples of the test records" in out
+    metrics = json.loads((run / "pred" / "test_best_short_metrics.json").read_text())
     assert {"precision", "recall", "f1", "support"} == set(metrics["per_class"]["S"])
+    assert metrics["bootstrap"]["unit"] == "record"
+
+
+def test_cross_validation_fold_trains_and_tests_inside_ds1(root: Path) -> None:
+    fold = ["--split", "inter", "--folds", "4", "--fold", "3"]
+    assert cli(root, *fold, "--epochs", "1") == 0
+    run = root / "ecg" / "runs" / f"{run_name(parse_args([*BASE, *fold]))}_1"
+    splits = json.loads((run / "splits.json").read_text())
+    folds = splits["cross_validation"]["folds"]
+    assert splits["cross_validation"]["fold"] == 3 and set(splits["records"]["test"]) == set(folds[2])
+    assert not (set(splits["records"]["train"]) | set(splits["records"]["val"])) & set(mitdb.DS2)  # DS2 untouched
+    assert cli(root, "--split", "inter", "--folds", "4", "--fold", "3", "--test") == 0
+
+
+def test_resume_refuses_a_changed_setting_and_applies_an_override(root: Path, capsys) -> None:
+    flags = ["--scheduler", "StepLR"]
+    assert cli(root, *flags, "--epochs", "1") == 0
+    run = root / "ecg" / "runs" / f"{run_name(parse_args([*BASE, *flags]))}_1"
+    capsys.readouterr()
+    assert cli(root, *flags, "--epochs", "2", "--resume", "latest", "--weight-decay", "0.1") == 2
+    err = capsys.readouterr().err
+    assert "has --weight-decay 0.0001 (you gave 0.1)" in err and "--override NAME=VALUE" in err
+    assert cli(root, *flags, "--epochs", "2", "--resume", "latest", "--seed", "5") == 2
+    assert "--seed 5 differs from the run's --seed 0" in capsys.readouterr().err
+    assert cli(root, *flags, "--resume", "latest", "--start-epoch", "0", "--epochs", "2") == 2
+    assert "--start-epoch 0 disagrees with checkpoint.pth.tar, which has trained 1 epochs" in capsys.readouterr().err
+    assert cli(root, *flags, "--epochs", "3", "--resume", "latest", "--override", "weight-decay=0.1", "lr=0.01") == 0
+    state = torch.load(run / "checkpoint.pth.tar", weights_only=True)
+    group = state["optimizer"]["param_groups"][0]
+    assert group["weight_decay"] == 0.1 and state["overrides"] == {"weight_decay": 0.1, "lr": 0.01}
+    assert group["lr"] == pytest.approx(0.01)  # StepLR with step 5 has not decayed it yet
+    config = json.loads((run / "config.json").read_text())
+    assert config["invocations"][-1]["overrides"] == {"weight_decay": 0.1, "lr": 0.01}
+    assert config["flags"]["weight_decay"] == 1e-4  # the run keeps its name and first flags; the history says more
+
+
+@pytest.mark.parametrize("flags", [
+    ["--class-balance", "equal"], ["--sampler", "importance"], ["--criterion", "focal"],
+    ["--optimizer", "sgd", "--momentum", "0.8", "--scheduler", "ExponentialLR", "--lr-decay", "0.5"],
+])
+def test_balancing_losses_and_optimisers_train_end_to_end(root: Path, flags: list[str]) -> None:
+    assert cli(root, *flags, "--epochs", "2") == 0
+    run = root / "ecg" / "runs" / f"{run_name(parse_args([*BASE, *flags]))}_1"
+    state = torch.load(run / "checkpoint.pth.tar", weights_only=True)
+    assert state["epoch"] == 2 and state["args"]["criterion"] == ("focal" if "focal" in flags else "crossentropy")
+    if "sgd" in flags:
+        assert state["optimizer"]["param_groups"][0]["momentum"] == 0.8
+    assert cli(root, *flags, "--test") == 0

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import os
 import shutil
 import tarfile
 import zipfile
@@ -54,6 +56,18 @@ def test_ecg_trains_on_kaggle_csvs_in_the_data_folder(tmp_path: Path, cache_root
     assert commander.main(["--dataset", "ecg", *SHORT, "--root-dir", str(root), "--test"]) == 0
     assert commander.main(["--dataset", "ecg", *SHORT, "--root-dir", str(root), "--split", "inter"]) == 2
     assert "carry no record ids" in capsys.readouterr().err
+
+
+def test_a_rewritten_csv_builds_a_new_cache(tmp_path: Path, beats: dict, caplog) -> None:
+    path = tmp_path / "mitbih_train.csv"
+    kaggle.write_csv(path, beats["x"][:30], beats["label"][:30])
+    first = kaggle.load_csv(path, tmp_path / "cache", 5)[1]
+    kaggle.write_csv(path, beats["x"][:30], np.full(30, 3))  # same size, other labels
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    with caplog.at_level(logging.WARNING):
+        again = kaggle.load_csv(path, tmp_path / "cache", 5)[1]
+    assert (first == beats["label"][:30]).all() and (again == 3).all()
+    assert f"{path} changed since the cache" in caplog.text
 
 
 def test_ptb_trains_on_ptbdb_csvs(tmp_path: Path, beats: dict, capsys) -> None:

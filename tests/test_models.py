@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import MODELS, get_model
+from models import MODELS, constructor_args, from_checkpoint, get_model
 from toolbox.utils import ECGError
 
 
@@ -36,10 +36,23 @@ def test_one_optimisation_step_changes_weights_and_lowers_loss(name: str) -> Non
     assert losses[-1] < losses[0]
 
 
-def test_models_return_logits_not_probabilities() -> None:
+@pytest.mark.parametrize("name", list(MODELS))
+def test_models_return_logits_not_probabilities(name: str) -> None:
     torch.manual_seed(0)
-    out = get_model("cnn1d_3", 1, 5).eval()(torch.randn(8, 1, 187) * 5)
-    assert not torch.allclose(out.sum(dim=1), torch.ones(8))
+    out = get_model(name, 1, 5).eval()(torch.randn(8, 1, 187) * 5)
+    assert not torch.allclose(out.sum(dim=1), torch.ones(8), atol=1e-3)  # not softmax rows
+    assert not ((out >= 0) & (out <= 1)).all()  # not sigmoids either: logits range over the reals
+
+
+def test_a_checkpoint_rebuilds_its_model_without_flags() -> None:
+    torch.manual_seed(0)
+    model = get_model("resnet1d_10_small", 5, 5, feature_channels=4).eval()
+    state = {**constructor_args("resnet1d_10_small", 5, 5, 4), "model": model.state_dict()}
+    again = from_checkpoint(state).eval()
+    again.load_state_dict(state["model"])
+    x = torch.randn(3, 5, 187)
+    assert torch.equal(model(x), again(x))
+    assert type(from_checkpoint({**state, "feature_channels": 0})).__name__ == "ResNet1d"
 
 
 def test_names_build_distinct_architectures() -> None:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,12 +16,22 @@ import pytest
 import torch
 import wfdb
 
+import commander
 from args import parse_args, run_name
 from loaders import cinc2020, ptbxl
 from loaders.dataset import RecordDataset, multilabel_holdout
 from tests.conftest import REPO, one_line_error, run_cli
+from toolbox import checkpoint
 from toolbox.losses import positive_weights
-from toolbox.metrics import challenge_metric, multilabel_metrics, select_thresholds
+from toolbox.metrics import (
+    THRESHOLD_GRID,
+    auroc_per_class,
+    beta_measures,
+    bootstrap_multilabel,
+    challenge_metric,
+    multilabel_metrics,
+    select_thresholds,
+)
 from toolbox.utils import ECGError
 
 CINC = ["--dataset", "cinc2020", "--model-name", "cnn1d_3", "--batch-size", "16"]
@@ -65,6 +78,42 @@ def test_challenge_metric_on_the_real_table(scoring: cinc2020.Scoring, cinc_dir:
     assert challenge_metric(scoring.weights, labels, normal, scoring.normal_index) == pytest.approx(0.0)
     nothing = challenge_metric(scoring.weights, labels, np.zeros_like(labels), scoring.normal_index)
     assert nothing < 0  # answering nothing is worse than always answering normal
+
+
+def test_challenge_metric_is_zero_where_the_true_labels_score_no_better_than_normal() -> None:
+    """The official scorer returns 0.0 when correct_score == inactive_score (here: every record is normal)."""
+    weights = np.array([[1.0, 0.5], [0.5, 1.0]])
+    labels = np.array([[0, 1], [0, 1]], dtype=bool)  # class 1 is the normal class
+    for outputs in (labels, np.ones_like(labels), np.zeros_like(labels)):
+        assert challenge_metric(weights, labels, outputs, normal_index=1) == 0.0
+    assert challenge_metric(weights, np.zeros((0, 2), bool), np.zeros((0, 2), bool), normal_index=1) == 0.0
+
+
+def test_f_beta_and_g_beta_follow_the_challenge_scorer_by_hand() -> None:
+    labels = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=bool)
+    outputs = np.array([[1, 0, 0], [0, 0, 1], [0, 0, 0]], dtype=bool)
+    # contributions divided by each record's label count (2, 1, max(0, 1)):
+    # class 0: TP 1/2, FN 1; class 1: FN 1/2; class 2: FP 1; beta = 2
+    f = [(5 * 0.5) / (5 * 0.5 + 4 * 1), 0.0, 0.0]
+    g = [0.5 / (0.5 + 2 * 1), 0.0, 0.0]
+    assert beta_measures(labels, outputs) == (pytest.approx(np.mean(f)), pytest.approx(np.mean(g)))
+    # with class 0 alone, record 0 has one label: TP 1, FN 1
+    assert beta_measures(labels[:, :1], outputs[:, :1]) == (pytest.approx(5 / 9), pytest.approx(1 / 3))
+    # a class with nothing to count (no labels, no outputs) is left out, as the scorer's nanmean does
+    assert beta_measures(labels[:, 2:] & False, outputs[:, 2:] & False) == (0.0, 0.0)
+
+
+def test_rank_auroc_equals_scikit_learn_with_ties() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    targets = rng.random((80, 4)) < 0.3
+    probs = np.round(rng.random((80, 4)), 1)  # many ties
+    targets[:, 3] = False  # no positives: undefined
+    auc = auroc_per_class(targets, probs)
+    for c in range(3):
+        assert auc[c] == pytest.approx(roc_auc_score(targets[:, c], probs[:, c]))
+    assert np.isnan(auc[3])
 
 
 # ---- scoring tables and labels ----
@@ -200,6 +249,11 @@ def test_thresholds_follow_the_validation_data_only() -> None:
     assert np.all((th >= 0.3) & (th <= 0.6))
     shifted = select_thresholds(targets, np.clip(probs + 0.3, 0, 1), "f1")
     assert np.all(shifted > th)  # the same data shifted moves the thresholds: they are learnt, not fixed
+    from sklearn.metrics import f1_score
+
+    for c in range(3):  # each is a grid value of highest F1, by scikit-learn
+        best = max(f1_score(targets[:, c], probs[:, c] >= t) for t in THRESHOLD_GRID)
+        assert f1_score(targets[:, c], probs[:, c] >= th[c]) == pytest.approx(best)
     none = select_thresholds(np.zeros((10, 2), bool), rng.random((10, 2)), "f1")
     assert none.tolist() == [0.5, 0.5]
 
@@ -260,8 +314,11 @@ def test_cinc_run_folder_layout(cinc_run: Path) -> None:
     assert [r["epoch"] for r in log["val"]] == [1, 2, 3] and "challenge" in log["val"][0]
     metrics = json.loads((cinc_run / "pred" / "test_best_metrics.json").read_text())
     assert metrics["records"] == len(splits["test"])
-    for key in ("macro_auroc", "macro_auprc", "accuracy", "macro_f1", "challenge"):
+    for key in ("macro_auroc", "macro_auprc", "accuracy", "macro_f1", "challenge", "f_beta", "g_beta"):
         assert isinstance(metrics[key], float)
+        if key in metrics["ci"]:
+            assert metrics["ci"][key][0] <= metrics[key] + 1e-9 and metrics[key] - 1e-9 <= metrics["ci"][key][1]
+    assert set(metrics["ci"]) >= {"macro_auroc", "accuracy", "macro_f1", "challenge", "per_class"}
 
 
 def test_thresholds_come_from_the_best_validation_epoch(cinc_run: Path, scoring: cinc2020.Scoring) -> None:
@@ -270,9 +327,17 @@ def test_thresholds_come_from_the_best_validation_epoch(cinc_run: Path, scoring:
     codes = scoring.codes
     targets = res[[f"y_{c}" for c in codes]].to_numpy().astype(bool)
     probs = res[[f"p_{c}" for c in codes]].to_numpy()
-    again = select_thresholds(targets, probs, "challenge", weights=scoring.weights, normal_index=scoring.normal_index)
-    # the CSV rounds probabilities to 6 decimals; a grid step is 0.05, so the choice is the same
-    np.testing.assert_allclose(state["thresholds"], again)
+    saved = np.array(state["thresholds"])
+    # the decisions written for that validation epoch are those of the saved thresholds
+    np.testing.assert_array_equal(res[[f"pred_{c}" for c in codes]].to_numpy(), (probs >= saved).astype(int))
+
+    def score(th: np.ndarray) -> float:
+        return challenge_metric(scoring.weights, targets, probs >= th, scoring.normal_index)
+
+    # they score at least as well on validation as a fixed 0.5 and as each class's own best-F1 threshold
+    per_class_f1 = np.array([max(THRESHOLD_GRID, key=lambda t, c=c: (2 * (targets[:, c] & (probs[:, c] >= t)).sum())
+                                 / max(targets[:, c].sum() + (probs[:, c] >= t).sum(), 1)) for c in range(len(codes))])
+    assert score(saved) >= score(np.full(len(codes), 0.5)) and score(saved) >= score(per_class_f1) - 1e-12
     metrics = json.loads((cinc_run / "pred" / "test_best_metrics.json").read_text())
     assert metrics["thresholds"] == state["thresholds"]
     val_records = set(json.loads((cinc_run / "splits.json").read_text())["val"])
@@ -319,17 +384,166 @@ def test_ptbxl_trains_and_tests_through_commander(tmp_path: Path) -> None:
     assert "was trained on --dataset ptbxl" in one_line_error(driver) and not (tmp_path / "out").exists()
 
 
-def test_multilabel_resume_is_exact(tmp_path: Path) -> None:
-    flags = [*CINC, "--scheduler", "StepLR", "--root-dir", str(tmp_path)]
-    assert run_cli(*flags, "--epochs", "3").returncode == 0
-    assert run_cli(*flags, "--epochs", "2", "--version", "bump").returncode == 0
-    assert run_cli(*flags, "--epochs", "3", "--resume", "latest", "--version", "2").returncode == 0
-    runs = tmp_path / "cinc2020" / "runs"
-    name = run_name(parse_args(flags))
-    a = torch.load(runs / f"{name}_1" / "checkpoint.pth.tar", weights_only=True)
-    b = torch.load(runs / f"{name}_2" / "checkpoint.pth.tar", weights_only=True)
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # same random crops after resume
-    assert a["thresholds"] == b["thresholds"]
+@pytest.mark.parametrize("schedule", [["--scheduler", "ReduceLROnPlateau", "--step", "1", "--lr-decay", "0.5"],
+                                      ["--scheduler", "CosineAnnealingLR"]])
+def test_multilabel_resume_is_exact_for_any_worker_count(schedule: list[str], tmp_path: Path) -> None:
+    """Random crops draw from seeds the main process hands each batch: -j 0 and -j 2, straight or resumed,
+    learn the same weights."""
+    runs = {}
+    for name, workers, stop in (("straight", "0", None), ("resumed", "2", 1), ("workers", "2", None)):
+        flags = [*CINC, *schedule, "--root-dir", str(tmp_path / name), "-j", workers, "--epochs", "3"]
+        if stop:  # interrupted after epoch 1 as Ctrl-C would, then resumed
+            real = checkpoint.save
+
+            def save_then_stop(state, run_dir, *, is_best, real=real):
+                real(state, run_dir, is_best=is_best)
+                if state["epoch"] == 1:
+                    raise KeyboardInterrupt
+
+            checkpoint.save = save_then_stop
+            try:
+                assert commander.main(flags) == 130
+            finally:
+                checkpoint.save = real
+            flags += ["--resume", "latest"]
+        assert commander.main(flags) == 0
+        run = tmp_path / name / "cinc2020" / "runs" / f"{run_name(parse_args(flags))}_1"
+        runs[name] = torch.load(run / "checkpoint.pth.tar", weights_only=True)
+    for name in ("resumed", "workers"):
+        assert all(torch.equal(runs["straight"]["model"][k], runs[name]["model"][k]) for k in runs["straight"]["model"])
+        assert runs[name]["thresholds"] == runs["straight"]["thresholds"]
+
+
+def test_record_windows_rate_and_source_split_run_end_to_end(tmp_path: Path) -> None:
+    flags = [*CINC, "--fs", "250", "--seq-len", "4", "--split", "source-E", "--root-dir", str(tmp_path)]
+    assert commander.main([*flags, "--epochs", "1"]) == 0
+    run = tmp_path / "cinc2020" / "runs" / f"{run_name(parse_args(flags))}_1"
+    assert "_source-E_" in run.name and "_250hz-4s_" in run.name
+    state = torch.load(run / "checkpoint.pth.tar", weights_only=True)
+    assert state["preprocess"]["fs"] == 250 and state["preprocess"]["window"] == 1000
+    splits = json.loads((run / "splits.json").read_text())
+    assert splits["sources"]["test"] == ["E"] and "E" not in splits["sources"]["train"] + splits["sources"]["val"]
+    assert commander.main([*flags, "--test", "--bootstrap", "50"]) == 0
+    metrics = json.loads((run / "pred" / "test_best_metrics.json").read_text())
+    assert metrics["records"] == 60 and metrics["bootstrap"]["resamples"] == 50
+
+
+def test_multilabel_bootstrap_holds_the_estimate_and_repeats(scoring: cinc2020.Scoring) -> None:
+    rng = np.random.default_rng(2)
+    targets = rng.random((40, 24)) < 0.15
+    probs = np.clip(targets * 0.4 + rng.random((40, 24)) * 0.6, 0, 1)
+    th = np.full(24, 0.5)
+    m = multilabel_metrics(targets, probs, th, scoring.codes, weights=scoring.weights,
+                           normal_index=scoring.normal_index)
+    ci = bootstrap_multilabel(targets, probs, th, scoring.codes, 300, weights=scoring.weights,
+                              normal_index=scoring.normal_index)
+    for key in ("macro_auroc", "macro_f1", "challenge", "f_beta", "g_beta", "accuracy"):
+        assert ci[key][0] <= m[key] <= ci[key][1], key
+    assert ci == bootstrap_multilabel(targets, probs, th, scoring.codes, 300, weights=scoring.weights,
+                                      normal_index=scoring.normal_index)
+
+
+# ---- malformed inputs and changed tables ----
+
+def _ptbxl_copy(tmp_path: Path, data_root: Path, edit=None) -> Path:
+    """A PTB-XL folder whose tables are copies (``edit`` returns a changed database table) and records links."""
+    folder = tmp_path / "ptbxl"
+    folder.mkdir()
+    for name in ("ptbxl_database.csv", "scp_statements.csv"):
+        shutil.copy(data_root / "ptbxl" / name, folder / name)
+    (folder / "records100").symlink_to(data_root / "ptbxl" / "records100")
+    if edit is not None:
+        edit(pd.read_csv(folder / "ptbxl_database.csv")).to_csv(folder / "ptbxl_database.csv", index=False)
+    return folder
+
+
+@pytest.mark.parametrize("case,edit,message", [
+    ("missing record file", lambda t: t.assign(filename_lr=t["filename_lr"].str.replace("00001_lr", "00001_xx")),
+     "records100/00000/00001_xx.hea is missing"),
+    ("broken scp_codes cell", lambda t: t.assign(scp_codes=t["scp_codes"].where(t.index != 3, "{'NORM': ")),
+     "ecg_id 4: scp_codes \"{'NORM': \" is not a dict of SCP codes"),
+    ("no strat_fold column", lambda t: t.drop(columns=["strat_fold"]),
+     "ptbxl_database.csv lacks the column(s) strat_fold"),
+    ("fold out of range", lambda t: t.assign(strat_fold=t["strat_fold"].where(t.index != 0, 11)),
+     "ecg_id 1: strat_fold 11 is not a fold 1-10"),
+])
+def test_malformed_ptbxl_tables_are_one_clear_error(case: str, edit, message: str, tmp_path: Path,
+                                                   data_root: Path) -> None:
+    folder = _ptbxl_copy(tmp_path, data_root, edit)
+    with pytest.raises(ECGError, match=re.escape(message) if "\\" not in message else message):
+        ptbxl.build(folder, tmp_path / "cache", split_seed=0, progress=False)
+
+
+def test_ptbxl_cache_follows_the_statements_table(tmp_path: Path, data_root: Path, caplog) -> None:
+    folder = _ptbxl_copy(tmp_path, data_root)
+    before = ptbxl.build(folder, tmp_path / "cache", split_seed=0, progress=False)
+    scp = pd.read_csv(folder / "scp_statements.csv", index_col=0)
+    scp.loc[scp["diagnostic_class"] == "NORM", "diagnostic_class"] = "MI"  # every NORM code now means MI
+    scp.to_csv(folder / "scp_statements.csv")
+    with caplog.at_level(logging.WARNING):
+        after = ptbxl.build(folder, tmp_path / "cache", split_seed=0, progress=False)
+    counts = before.train.class_counts(), after.train.class_counts()
+    assert counts[1][0] == 0 and counts[1][1] > counts[0][1]  # no NORM left, more MI: the labels were rebuilt
+    assert "changed since the cache" in caplog.text and len(list((tmp_path / "cache").glob("ptbxl_*.npz"))) == 2
+
+
+def _cinc_copy(tmp_path: Path, cinc_dir: Path, names: list[str]) -> Path:
+    folder = tmp_path / "cinc2020"
+    (folder / "records").mkdir(parents=True)
+    shutil.copytree(cinc_dir / "scoring", folder / "scoring")
+    for name in names:
+        for ext in (".hea", ".mat"):
+            shutil.copy(cinc_dir / "records" / f"{name}{ext}", folder / "records" / f"{name}{ext}")
+    return folder
+
+
+@pytest.mark.parametrize("case,damage,message", [
+    ("missing #Dx", lambda h: "\n".join(line for line in h.splitlines() if not line.startswith("#Dx")) + "\n",
+     "A0689.hea has no '#Dx:' line"),
+    ("wrong lead count", lambda h: h.replace(h.split()[1], "13", 1), "announces 13 leads but describes 12"),
+    ("a gain of 0", lambda h: h.replace("1000/mV", "0/mV", 1), "gain 0 in '0/mV'"),
+    ("a lead missing", lambda h: h.replace(" V6", " V7"), "lacks lead(s) V6"),
+])
+def test_malformed_challenge_headers_are_one_clear_error(case: str, damage, message: str, tmp_path: Path,
+                                                         cinc_dir: Path) -> None:
+    folder = _cinc_copy(tmp_path, cinc_dir, ["A0689", "E00001"] if (cinc_dir / "records" / "E00001.hea").exists()
+                        else ["A0689"])
+    header = folder / "records" / "A0689.hea"
+    header.write_text(damage(header.read_text()))
+    with pytest.raises(ECGError, match=re.escape(message)):
+        cinc2020.build(folder, tmp_path / "cache", split_seed=0, progress=False)
+
+
+def test_cinc_cache_follows_the_scoring_tables(tmp_path: Path, cinc_dir: Path, caplog) -> None:
+    folder = _cinc_copy(tmp_path, cinc_dir, cinc2020.list_records(cinc_dir / "records")[:40])
+    cinc2020.load_records(folder / "records", tmp_path / "cache", 500, progress=False,
+                          tables=[folder / "scoring" / "weights.csv"])
+    os.utime(folder / "scoring" / "weights.csv", ns=(1_000_000_000, 1_000_000_000))
+    with caplog.at_level(logging.WARNING):
+        cinc2020.load_records(folder / "records", tmp_path / "cache", 500, progress=False,
+                              tables=[folder / "scoring" / "weights.csv"])
+    assert "changed since the cache" in caplog.text and len(list((tmp_path / "cache").glob("cinc2020_*.npz"))) == 2
+
+
+def _driver(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "driver.py"), *argv], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+
+
+def test_driver_bad_inputs_are_one_line_errors(cinc_run: Path, cinc_dir: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no Challenge records (X.hea with X.mat) in" in one_line_error(
+        _driver(str(empty), str(tmp_path / "out"), "--run", str(cinc_run)))
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(cinc_dir / "records" / "A0689.hea", alone / "A0689.hea")
+    assert "A0689.hea has no signal file A0689.mat beside it" in one_line_error(
+        _driver(str(alone), str(tmp_path / "out"), "--run", str(cinc_run)))
+    for size in ("0", "-3", "many"):
+        assert "--batch-size" in one_line_error(_driver(str(alone), str(tmp_path / "out"), "--run", str(cinc_run),
+                                                        "--batch-size", size))
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("flags,message", [

@@ -19,6 +19,7 @@ import commander
 from args import parse_args, run_name
 from tests.conftest import REPO, closed_port, link_mitdb, one_line_error, run_cli, start_cli
 from toolbox import checkpoint
+from toolbox.checkpoint import LAST
 
 MODEL = ["--dataset", "ecg", "--model-name", "cnn1d_3", "--short-run"]
 RUN = run_name(parse_args(MODEL))
@@ -79,14 +80,108 @@ def resume_or_restart(root: Path) -> None:
 def test_sigkill_at_a_random_moment_then_resume_equals_uninterrupted(seed: int, tmp_path: Path, cache_root: Path,
                                                                    reference: tuple[Path, float]) -> None:
     root = fresh_root(tmp_path, cache_root, "root")
+    last = root / "ecg" / "runs" / f"{RUN}_1" / "checkpoint.pth.tar"
+    draw = random.Random(seed)
+    target = draw.randint(1, 4)  # the kill comes during epoch target + 1, at a random moment of it
     proc = start(root, "--epochs", "6")
-    time.sleep(random.Random(seed).uniform(0.1, 0.7) * reference[1])
+    deadline, seen, marks = time.time() + 120, None, []
+    while len(marks) < target + 1 and time.time() < deadline:  # each epoch replaces checkpoint.pth.tar
+        stamp = last.stat().st_ino if last.exists() else None
+        if stamp is not None and stamp != seen:
+            seen = stamp
+            marks.append(time.perf_counter())
+        time.sleep(0.002)
+    epoch_s = (marks[-1] - marks[0]) / max(len(marks) - 1, 1)
+    time.sleep(draw.uniform(0.0, 0.6) * epoch_s)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL  # killed, not finished
+    assert 1 <= torch.load(last, weights_only=True)["epoch"] < 6  # so the run below really resumes
     resume_or_restart(root)
     assert_same_run(root, reference[0])
     assert not list((root / "ecg" / "runs").rglob(".*.tmp"))
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL inside the process: nothing after it runs, no handler catches it."""
+
+
+def test_a_kill_between_checkpoint_writes_never_leaves_a_stale_best(tmp_path: Path, cache_root: Path,
+                                                                   reference: tuple[Path, float],
+                                                                   monkeypatch) -> None:
+    root = fresh_root(tmp_path, cache_root, "root")
+    real = checkpoint.atomic_write
+
+    def dies_before_best(path, write):  # epoch 1 is complete (checkpoint.pth.tar) when the process dies
+        if path.name == "model_best.pth.tar":
+            raise Killed
+        real(path, write)
+
+    monkeypatch.setattr(checkpoint, "atomic_write", dies_before_best)
+    with pytest.raises(Killed):
+        commander.main([*MODEL, "--root-dir", str(root), "--epochs", "6", "--scheduler", "StepLR"])
+    run = root / "ecg" / "runs" / f"{run_name(parse_args([*MODEL, '--scheduler', 'StepLR']))}_1"
+    last = torch.load(run / "checkpoint.pth.tar", weights_only=True)
+    assert last["epoch"] == last["best_epoch"] == 1 and not (run / "model_best.pth.tar").exists()
+    monkeypatch.setattr(checkpoint, "atomic_write", real)
+    assert commander.main([*MODEL, "--root-dir", str(root), "--epochs", "6", "--scheduler", "StepLR",
+                           "--resume", "latest"]) == 0
+    final = torch.load(run / "checkpoint.pth.tar", weights_only=True)
+    best = torch.load(run / "model_best.pth.tar", weights_only=True)
+    assert best["epoch"] == final["best_epoch"] and best["best_score"] == final["best_score"]
+
+
+SCHEDULES = {  # each changes the learning rate within a 4-epoch run
+    "ReduceLROnPlateau": ["--scheduler", "ReduceLROnPlateau", "--step", "1", "--lr-decay", "0.5"],
+    "CosineAnnealingLR": ["--scheduler", "CosineAnnealingLR"],
+    "StepLR": ["--scheduler", "StepLR", "--step", "1"],
+    "OneCycleLR": ["--scheduler", "OneCycleLR"],
+}
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+def test_resume_is_bit_identical_for_every_schedule_and_worker_count(schedule: str, workers: str, tmp_path: Path,
+                                                                     cache_root: Path) -> None:
+    flags = [*MODEL, *SCHEDULES[schedule], "-j", workers]
+    for root in ("straight", "resumed"):
+        shutil.copytree(cache_root / "cache", tmp_path / root / "cache")
+    epochs = ["--epochs", "4"]
+    assert commander.main([*flags, "--root-dir", str(tmp_path / "straight"), *epochs]) == 0
+    if schedule in ("OneCycleLR", "CosineAnnealingLR"):  # shaped by --epochs: stop it by interrupting epoch 2
+        stop_after_first_epoch(tmp_path / "resumed", flags, epochs)
+    else:
+        assert commander.main([*flags, "--root-dir", str(tmp_path / "resumed"), "--epochs", "1"]) == 0
+    assert commander.main([*flags, "--root-dir", str(tmp_path / "resumed"), *epochs, "--resume", "latest"]) == 0
+    name = run_name(parse_args(flags))
+    straight, resumed = (torch.load(tmp_path / root / "ecg" / "runs" / f"{name}_1" / LAST, weights_only=True)
+                         for root in ("straight", "resumed"))
+    for k, v in straight["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+    log = json.loads((tmp_path / "straight" / "ecg" / "runs" / f"{name}_1" / "logger.json").read_text())
+    rates = {round(r["lr"], 12) for r in log["train"]} | {round(straight["optimizer"]["param_groups"][0]["lr"], 12)}
+    assert len(rates) > 1  # the rate changed within the run
+    if workers == "2":  # and the worker count changes nothing: the -j 0 run learns the same weights
+        zero = [*MODEL, *SCHEDULES[schedule], "-j", "0"]
+        assert commander.main([*zero, "--root-dir", str(tmp_path / "zero"), *epochs]) == 0
+        plain = torch.load(tmp_path / "zero" / "ecg" / "runs" / f"{name}_1" / "checkpoint.pth.tar", weights_only=True)
+        assert all(torch.equal(v, plain["model"][k]) for k, v in straight["model"].items())
+
+
+def stop_after_first_epoch(root: Path, flags: list[str], epochs: list[str]) -> None:
+    """Run ``flags`` under ``root`` and interrupt it (as Ctrl-C would) once epoch 1 is checkpointed."""
+    real = checkpoint.save
+
+    def save_then_stop(state, run_dir, *, is_best):
+        real(state, run_dir, is_best=is_best)
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    checkpoint.save = save_then_stop
+    try:
+        assert commander.main([*flags, "--root-dir", str(root), *epochs]) == 130
+    finally:
+        checkpoint.save = real
 
 
 def test_sigkill_during_epoch_4_then_resume_equals_uninterrupted(tmp_path: Path, cache_root: Path,
@@ -216,7 +311,11 @@ BAD_INPUTS = {
     "num classes disagreeing": (["--num-classes", "3"], "--num-classes 3 disagrees"),
     "checkpoint of another architecture": (["--pretrained", "{root}/resnet.pth.tar"],
                                            "model_name='resnet1d_10' but this run needs model_name='cnn1d_3'"),
-    "pretrained file missing": (["--pretrained", "{root}/nothing.pth.tar"], "nothing.pth.tar is not a readable"),
+    "pretrained file missing": (["--pretrained", "{root}/nothing.pth.tar"], "nothing.pth.tar: no such file"),
+    "pretrained file damaged": (["--pretrained", f"{{root}}/ecg/runs/{RUN}_1/logger.json"],
+                                "logger.json is not a readable checkpoint"),
+    "start epoch on resume": (["--resume", "latest", "--start-epoch", "0", "--epochs", "4"],
+                              "--start-epoch 0 disagrees with checkpoint.pth.tar, which has trained 2 epochs"),
     "root dir not writable": (["--root-dir", "{root}/resnet.pth.tar/sub"], "cannot be written"),
     "missing data folder": (["--version", "bump"], "cannot download the MIT-BIH"),
     "partial data folder": (["--version", "bump"], "cannot download the MIT-BIH"),

@@ -11,8 +11,15 @@ from sklearn.metrics import f1_score
 from models import get_model
 from toolbox import checkpoint
 from toolbox.losses import FocalLoss, class_weights, get_criterion
-from toolbox.metrics import classification_metrics
-from toolbox.optimizers import OPTIMIZERS, SCHEDULERS, get_optimizer, get_scheduler, step_epoch
+from toolbox.metrics import bootstrap_classification, classification_metrics
+from toolbox.optimizers import (
+    OPTIMIZERS,
+    SCHEDULERS,
+    get_optimizer,
+    get_scheduler,
+    set_hyperparameters,
+    step_epoch,
+)
 from toolbox.samplers import get_sampler
 from toolbox.utils import ECGError
 
@@ -71,6 +78,37 @@ def test_every_scheduler_builds_and_steps(name: str) -> None:
     assert (sched is None and lr == 0.1) or (sched is not None and lr != 0.1) or name == "ReduceLROnPlateau"
 
 
+def test_plateau_schedule_waits_while_the_validation_score_rises() -> None:
+    """ReduceLROnPlateau maximises the selection score (macro-F1): rising scores keep the rate, flat ones cut it."""
+    opt = get_optimizer("adamw", torch.nn.Linear(3, 2), lr=0.1, momentum=0.9, weight_decay=0.0)
+    sched = get_scheduler("ReduceLROnPlateau", opt, epochs=20, steps_per_epoch=1, step=2, decay=0.5, lr=0.1)
+    for score in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6):  # a loss-like 'min' schedule would cut the rate here
+        step_epoch(sched, score)
+    assert opt.param_groups[0]["lr"] == 0.1
+    for _ in range(3):  # no gain for patience + 1 epochs
+        step_epoch(sched, 0.6)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+def test_overrides_change_a_restored_optimizer_and_schedule() -> None:
+    model = torch.nn.Linear(3, 2)
+    opt = get_optimizer("sgd", model, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    sched = get_scheduler("StepLR", opt, epochs=10, steps_per_epoch=1, step=5, decay=0.1, lr=0.1)
+    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+    again = get_optimizer("sgd", model, lr=0.1, momentum=0.9, weight_decay=0.3)
+    resched = get_scheduler("StepLR", again, epochs=10, steps_per_epoch=1, step=5, decay=0.1, lr=0.1)
+    again.load_state_dict(state["optimizer"])
+    resched.load_state_dict(state["scheduler"])
+    assert again.param_groups[0]["weight_decay"] == 1e-4  # restoring brings back the old setting
+    set_hyperparameters(again, resched, {"lr": 0.01, "weight_decay": 0.3, "momentum": 0.5, "lr_decay": 0.5,
+                                         "step": 1})
+    group = again.param_groups[0]
+    assert (group["lr"], group["weight_decay"], group["momentum"]) == (0.01, 0.3, 0.5)
+    again.step()
+    resched.step()
+    assert group["lr"] == pytest.approx(0.005)  # step 1, decay 0.5
+
+
 def test_unknown_selector_names_list_the_valid_ones() -> None:
     with pytest.raises(ECGError, match="valid: sgd, adam, adamw"):
         get_optimizer("lbfgs", torch.nn.Linear(1, 1), 0.1, 0.9, 0.0)
@@ -87,6 +125,44 @@ def test_metrics_on_a_hand_made_case() -> None:
     assert m["per_class"]["V"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
     assert m["confusion_matrix"] == [[3, 1, 0], [0, 2, 0], [1, 0, 1]]
     assert m["balanced_accuracy"] == pytest.approx((3 / 4 + 1 + 1 / 2) / 3)
+
+
+def test_a_predicted_class_without_examples_counts_in_the_macro_scores() -> None:
+    y = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    p = np.array([0, 0, 0, 4, 1, 1, 2, 4])  # Q (4) predicted twice, never present
+    m = classification_metrics(y, p, ["N", "S", "V", "F", "Q"])
+    assert m["macro_f1"] == pytest.approx(f1_score(y, p, average="macro")) == pytest.approx(0.6309523809)
+    assert m["balanced_accuracy"] == pytest.approx((3 / 4 + 1 + 1 / 2 + 0) / 4)  # Q's recall counts as 0
+    assert m["per_class"]["Q"]["f1"] == 0.0 and m["per_class"]["F"]["f1"] is None  # F: neither present nor predicted
+
+
+def test_bootstrap_intervals_hold_the_estimate_and_repeat_with_their_seed() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 600)
+    p = np.where(rng.random(600) < 0.8, y, rng.integers(0, 3, 600))
+    m = classification_metrics(y, p, ["N", "S", "V"])
+    ci = bootstrap_classification(y, p, ["N", "S", "V"], None, 500)
+    for key in ("accuracy", "macro_f1", "balanced_accuracy"):
+        assert ci[key][0] <= m[key] <= ci[key][1] and ci[key][1] - ci[key][0] < 0.15
+    for c in ("N", "S", "V"):
+        assert ci["per_class"][c]["f1"][0] <= m["per_class"][c]["f1"] <= ci["per_class"][c]["f1"][1]
+    assert bootstrap_classification(y, p, ["N", "S", "V"], None, 500) == ci
+    assert bootstrap_classification(y, p, ["N", "S", "V"], None, 500, seed=1) != ci
+
+
+def test_record_bootstrap_resamples_whole_records() -> None:
+    # record 1: all right (100 beats); record 2: all wrong (100 beats). A resample holds each record 0, 1 or 2
+    # times, so its accuracy is one of 0, 1/2, 1; resampling beats would give values in between
+    y = np.zeros(200, np.int64)
+    p = np.r_[np.zeros(100, np.int64), np.ones(100, np.int64)]
+    records = np.r_[np.full(100, 1), np.full(100, 2)]
+    ci = bootstrap_classification(y, p, ["N", "S"], records, 400)
+    assert ci["accuracy"][0] == 0.0 and ci["accuracy"][1] == 1.0
+    beats = bootstrap_classification(y, p, ["N", "S"], None, 400)["accuracy"]
+    assert 0.4 < beats[0] < 0.5 < beats[1] < 0.6
+    # several runs on the same draws: the interval of their mean score
+    both = bootstrap_classification(y, [p, np.zeros(200, np.int64)], ["N", "S"], records, 400)["accuracy"]
+    assert both[0] == 0.5 and both[1] == 1.0
 
 
 def _state(model: torch.nn.Module, epoch: int) -> dict:
@@ -133,3 +209,24 @@ def test_checkpoint_mismatch_and_garbage_are_clear_errors(tmp_path: Path) -> Non
     truncated.write_bytes((tmp_path / "checkpoint.pth.tar").read_bytes()[:2000])
     with pytest.raises(ECGError, match="truncated.pth.tar is not a readable checkpoint"):
         checkpoint.load(truncated)
+
+
+def test_checkpoint_is_written_first_and_repair_restores_the_copies_a_kill_left_out(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    model = get_model("cnn1d_3", 1, 5)
+    written = []
+    real = checkpoint.atomic_write
+    monkeypatch.setattr(checkpoint, "atomic_write", lambda path, write: written.append(path.name) or real(path, write))
+    checkpoint.save({**_state(model, 5), "best_epoch": 5}, tmp_path, is_best=True)
+    assert written == ["checkpoint.pth.tar", "model_best.pth.tar", "checkpoint_epoch5.pth.tar"]
+    # a kill after checkpoint.pth.tar of epoch 6 (best) but before model_best: model_best still holds epoch 5
+    monkeypatch.setattr(checkpoint, "atomic_write", real)
+    state6 = {**_state(model, 6), "best_epoch": 6}
+    real(tmp_path / "checkpoint.pth.tar", lambda tmp: torch.save(state6, tmp))
+    checkpoint.repair(tmp_path)
+    assert checkpoint.load(tmp_path / "model_best.pth.tar")["epoch"] == 6
+    # an epoch that was not best leaves model_best alone
+    real(tmp_path / "checkpoint.pth.tar", lambda tmp: torch.save({**_state(model, 7), "best_epoch": 6}, tmp))
+    before = (tmp_path / "model_best.pth.tar").read_bytes()
+    checkpoint.repair(tmp_path)
+    assert (tmp_path / "model_best.pth.tar").read_bytes() == before
