@@ -103,3 +103,22 @@ def test_inter_patient_manifest_lists_records_and_reloads(cache_root: Path, data
     with pytest.raises(ECGError, match="holds a inter-patient split, not intra-patient"):
         mitdb.build(data_root / "mitdb", cache_root / "cache", binary=False, split_seed=0, protocol="intra",
                     saved_manifest=m, progress=False)
+
+
+@pytest.mark.parametrize("k,seed", [(3, 0), (4, 0), (4, 1), (5, 2), (6, 0)])
+def test_ds1_folds_are_disjoint_cover_ds1_and_hold_s_and_v(beats: dict, k: int, seed: int) -> None:
+    folds = mitdb.ds1_folds(beats["record"], beats["label"], k, seed)
+    assert len(folds) == k and sorted(r for f in folds for r in f) == sorted(mitdb.DS1)  # a partition of DS1
+    for fold in folds:
+        counts = np.bincount(beats["label"][np.isin(beats["record"], [int(r) for r in fold])], minlength=5)
+        assert counts[1] > 0 and counts[2] > 0, fold
+    assert mitdb.ds1_folds(beats["record"], beats["label"], k, seed) == folds  # seeded
+    for i in range(1, k + 1):
+        split, same = mitdb.fold_split(beats["record"], beats["label"], k, i, seed)
+        records = {name: set(beats["record"][idx].tolist()) for name, idx in split.items()}
+        assert same == folds and records["test"] == {int(r) for r in folds[i - 1]}
+        assert not records["train"] & records["val"] and not (records["train"] | records["val"]) & records["test"]
+        assert records["train"] | records["val"] | records["test"] == {int(r) for r in mitdb.DS1}  # DS2 unread
+        assert np.bincount(beats["label"][split["val"]], minlength=5)[:3].min() >= 20  # N, S, V in validation
+    with pytest.raises(ECGError, match="DS1 has 22 records"):
+        mitdb.ds1_folds(beats["record"], beats["label"], 23, 0)
