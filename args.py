@@ -34,6 +34,7 @@ OVERRIDABLE = {"lr": "lr", "weight-decay": "weight_decay", "momentum": "momentum
 # Flags outside the run name that change what is trained: on --resume they are taken from the checkpoint,
 # and one given on the command line must agree with it (on --test: the seed only).
 RECORDED = ("seed", "short_run", "amp")
+DS1_RECORDS = 22  # de Chazal's DS1, the records --folds deals out (loaders.mitdb.DS1)
 MIN_WINDOW = 16  # samples in a record window (--fs x --seq-len); every model accepts this many
 # --recipe NAME: a published configuration as one flag. It expands to these flags, written before the
 # command line's own (which win where they repeat one); config.json records the name and every flag.
@@ -339,6 +340,8 @@ def _check_folds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
             parser.error("--folds splits the DS1 records of --split inter; add --split inter")
         if args.fold > args.folds:
             parser.error(f"--fold {args.fold} is not one of the {args.folds} folds (1-{args.folds})")
+        if args.folds > DS1_RECORDS:
+            parser.error(f"--folds {args.folds}: DS1 has {DS1_RECORDS} records; use 2 to {DS1_RECORDS} folds")
 
 
 def _check_optimisation(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set[str]) -> None:
@@ -351,8 +354,9 @@ def _check_optimisation(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error(f"--lr-decay applies to {', '.join(USES_DECAY)}, not {args.scheduler}")
     if args.scheduler == "ReduceLROnPlateau" and args.lr_decay >= 1:
         parser.error("--lr-decay must be below 1 for ReduceLROnPlateau")
-    if args.start_epoch is not None and not args.resume and args.start_epoch >= args.epochs:
-        parser.error(f"--start-epoch {args.start_epoch} leaves nothing to train with --epochs {args.epochs}")
+    if args.start_epoch is not None and not args.resume:
+        parser.error("--start-epoch confirms where a resumed run continues (with --resume); a new run starts at "
+                     "epoch 0")
 
 
 def _check_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
@@ -381,10 +385,7 @@ def _check_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             parser.error(f"--override {name} does not apply to --scheduler {args.scheduler}")
         if dest == "lr_decay" and args.scheduler == "ReduceLROnPlateau" and value >= 1:
             parser.error("--override lr-decay must be below 1 for ReduceLROnPlateau")
-        if dest in args.given:
-            parser.error(f"--{name} and --override {name}=... both given; the run is found by its own "
-                         f"--{name}, the override sets the new value")
-        out[dest] = value
+        out[dest] = value  # a --{name} beside it names the run being continued; the override is the new value
     return out
 
 
@@ -571,15 +572,18 @@ def reconcile(args: argparse.Namespace, recorded: dict[str, Any], overrides: dic
     """Bring ``args`` in line with a run's checkpoint on --resume or --test.
 
     ``recorded``: the flags the checkpoint was trained with; ``overrides``: settings changed since by
-    ``--override``. A ``RECORDED`` flag given on the command line must agree with the run (on --test: the
-    seed only); one not given is taken from the run, as is ``--epochs`` on --resume. A difference is an
-    ECGError naming the flag and both values.
+    ``--override``. On --resume a ``RECORDED`` flag given on the command line must agree with the run, and
+    one not given is taken from it, as is ``--epochs``. On --test only the seed must agree, and ``--amp``
+    is the run's unless given. A difference is an ECGError naming the flag and both values.
     """
-    compared = RECORDED if not args.test else ("seed",)
-    for name in compared:
+    for name in RECORDED:
         if name not in recorded:
             continue
         theirs = overrides.get(name, recorded[name])
+        if args.test and name != "seed":  # a test may be short or choose its autocast; --amp is the run's if not given
+            if name == "amp" and name not in args.given:
+                args.amp = theirs
+            continue
         if name in args.given and getattr(args, name) != theirs:
             flag = f"--{name.replace('_', '-')}"
             mine = getattr(args, name)

@@ -118,7 +118,6 @@ def run(args: argparse.Namespace) -> tuple[int, Path]:
 
 def open_checkpoint(run_dir: Path, args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     """The checkpoint --resume or --test names, with ``args`` reconciled with the flags it was trained with."""
-    checkpoint.repair(run_dir)
     path = checkpoint.resolve(run_dir, args.resume)
     state = checkpoint.load(path)
     reconcile(args, state.get("args") or {}, state.get("overrides") or {}, f"{run_dir.name}/{path.name}")
@@ -135,6 +134,7 @@ def open_checkpoint(run_dir: Path, args: argparse.Namespace) -> tuple[dict[str, 
     if state["epoch"] >= args.epochs:
         raise ECGError(f"{run_dir.name} has already trained {state['epoch']} epochs; pass --epochs above "
                        f"{state['epoch']} to continue it, or --test to evaluate it")
+    checkpoint.repair(run_dir)  # copies of the last epoch that a kill left out, before the run goes on
     return state, path
 
 
@@ -333,7 +333,8 @@ def train_run(args: argparse.Namespace, runs_dir: Path, run_dir: Path | None, st
                   f"f1 {val['macro_f1']:.4f}{extra} | lr {tr['lr']:.2e} | {tr['seconds'] + val['seconds']:.1f} s"
                   f"{'  *best' if is_best else ''}", flush=True)
     except KeyboardInterrupt:
-        resume = naming_flags(args) + ["--epochs", str(args.epochs), "--resume", "latest", "--version", version]
+        again = ["--resume", "latest"] if (run_dir / checkpoint.LAST).exists() else []  # no epoch completed yet
+        resume = naming_flags(args) + ["--epochs", str(args.epochs), *again, "--version", version]
         print(f"commander.py: interrupted; checkpoints of complete epochs are kept; continue with: "
               f"python commander.py {' '.join(resume)}", file=sys.stderr)
         return 130, run_dir

@@ -320,6 +320,8 @@ def main() -> None:
     unknown = [c for c in args.configs if members_of(c)[0][0] not in CONFIGS and c not in ENSEMBLES]
     if unknown:
         p.error(f"unknown configuration(s) {', '.join(unknown)}; --list shows them")
+    if not args.select and any(c.endswith(SEED_ENSEMBLE) for c in args.configs):
+        p.error(f"CONFIG{SEED_ENSEMBLE} is a --select candidate; without --select, --ensemble adds those rows")
     command = (f"python benchmarks/quality.py {' '.join(args.configs)} --seeds {' '.join(map(str, args.seeds))}"
                + (" --ensemble" if args.ensemble else "") + (f" --select --folds {args.folds}" if args.select else ""))
     if args.select:

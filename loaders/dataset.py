@@ -118,9 +118,10 @@ class SeededBatch(list):
 class SeededBatches(Sampler[list[int]]):
     """Batches of ``sampler``, each carrying a seed drawn in the main process from ``generator``.
 
-    Per epoch, one draw from ``generator`` (whose state checkpoints save) gives the seeds of every batch;
-    so random crops do not depend on the number of DataLoader workers, nor on how many batches of an
-    epoch are used, and a resumed run draws what an uninterrupted one draws.
+    Per epoch, one draw from ``generator`` (whose state checkpoints save) gives the seeds of every batch,
+    and the whole order is drawn before the first batch; so the order and random crops do not depend on
+    the number of DataLoader workers (which read ahead), nor on how many batches of an epoch are used, and
+    a resumed run draws what an uninterrupted one draws.
     """
 
     def __init__(self, sampler: Sampler[int], batch_size: int, generator: torch.Generator) -> None:
@@ -131,15 +132,9 @@ class SeededBatches(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[SeededBatch]:
         seed = int(torch.randint(0, 2**62, (), generator=self.generator))
-        batch: list[int] = []
-        number = 0
-        for index in self.sampler:
-            batch.append(index)
-            if len(batch) == self.batch_size:
-                yield SeededBatch(batch, seed + number)
-                batch, number = [], number + 1
-        if batch:
-            yield SeededBatch(batch, seed + number)
+        order = list(self.sampler)  # drawn whole now: the generator's state never depends on how far it is read
+        for number, start in enumerate(range(0, len(order), self.batch_size)):
+            yield SeededBatch(order[start:start + self.batch_size], seed + number)
 
 
 def make_dataloader(dataset: ECGDataset | RecordDataset, batch_size: int, *, shuffle: bool = False,

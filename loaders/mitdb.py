@@ -493,6 +493,11 @@ def build(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, prot
         raise ECGError(f"the run's splits.json holds a {saved_manifest.get('protocol')} split, not "
                        f"{PROTOCOLS[protocol]}; check --split")
     if saved_manifest is not None:
+        version = (saved_manifest.get("extraction") or {}).get("version", 0)
+        if version < 3 and (rr_features or median_beat or params.scale == "record"):
+            raise ECGError("the run was made before record statistics came from training-side beats (extraction "
+                           f"version {version}); its RR features, templates or scales would differ now: train it "
+                           "again (--version bump)")
         try:
             split = _split_from_manifest(beats, saved_manifest, params)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

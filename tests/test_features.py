@@ -114,6 +114,12 @@ def test_splits_json_of_another_beat_format_is_refused_and_older_ones_load(cache
     old = mitdb.build(data_root / "mitdb", cache_root / "cache", binary=False, split_seed=0,
                       saved_manifest=kaggle_manifest, progress=False)
     assert len(old.test) == len(split["test"])
+    kaggle_manifest["extraction"]["version"] = 2  # made before record statistics left out test beats
+    with pytest.raises(ECGError, match="extraction version 2.*train it again"):
+        mitdb.build(data_root / "mitdb", cache_root / "cache", binary=False, split_seed=0,
+                    saved_manifest=kaggle_manifest, progress=False, rr_features=True)
+    assert len(mitdb.build(data_root / "mitdb", cache_root / "cache", binary=False, split_seed=0,
+                           saved_manifest=kaggle_manifest, progress=False).test) == len(split["test"])
     with pytest.raises(ECGError, match="unknown beat format 'wide'; valid: kaggle, centered, filtered"):
         mitdb.build(data_root / "mitdb", cache_root / "cache", binary=False, split_seed=0, beat_format="wide")
 

@@ -223,10 +223,32 @@ def test_checkpoint_is_written_first_and_repair_restores_the_copies_a_kill_left_
     monkeypatch.setattr(checkpoint, "atomic_write", real)
     state6 = {**_state(model, 6), "best_epoch": 6}
     real(tmp_path / "checkpoint.pth.tar", lambda tmp: torch.save(state6, tmp))
-    checkpoint.repair(tmp_path)
+    assert checkpoint.resolve(tmp_path, "best").name == "checkpoint.pth.tar"  # --test reads epoch 6, writes nothing
+    assert checkpoint.load(tmp_path / "model_best.pth.tar")["epoch"] == 5
+    checkpoint.repair(tmp_path)  # --resume writes the copy
     assert checkpoint.load(tmp_path / "model_best.pth.tar")["epoch"] == 6
+    assert checkpoint.resolve(tmp_path, "best").name == "model_best.pth.tar"
     # an epoch that was not best leaves model_best alone
     real(tmp_path / "checkpoint.pth.tar", lambda tmp: torch.save({**_state(model, 7), "best_epoch": 6}, tmp))
     before = (tmp_path / "model_best.pth.tar").read_bytes()
     checkpoint.repair(tmp_path)
     assert (tmp_path / "model_best.pth.tar").read_bytes() == before
+
+
+def test_training_batches_do_not_depend_on_the_worker_count() -> None:
+    """Whole epochs whose size divides into batches: every draw happens in the main process, before the first
+    batch, so -j 0 and -j 2 see the same order and batch seeds in every epoch (and leave the same state)."""
+    import itertools
+
+    from loaders.dataset import ECGDataset, make_dataloader
+
+    data = ECGDataset(np.arange(64, dtype=np.float32).reshape(64, 1, 1), np.zeros(64, np.int64), ["N"])
+    seen = {}
+    for workers in (0, 2):
+        generator = torch.Generator().manual_seed(0)
+        loader = make_dataloader(data, 16, shuffle=True, workers=workers, generator=generator)
+        epochs = [[x[:, 0, 0].tolist() for x, _ in itertools.islice(loader, len(loader))] for _ in range(3)]
+        sampler_seeds = [b.seed for b in loader.batch_sampler]
+        seen[workers] = (epochs, sampler_seeds, generator.get_state())
+    assert seen[0][0] == seen[2][0] and seen[0][1] == seen[2][1] and torch.equal(seen[0][2], seen[2][2])
+    assert seen[0][0][0] != seen[0][0][1]  # a new order each epoch

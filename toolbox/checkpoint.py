@@ -64,21 +64,29 @@ def save(state: dict[str, Any], run_dir: Path, *, is_best: bool) -> None:
         write(epoch_name(state["epoch"]))
 
 
-def repair(run_dir: Path) -> None:
-    """Write what a kill between :func:`save`'s writes left out: the best and epoch copies of the last epoch."""
+def _left_out(run_dir: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """The last checkpoint's state and the copies of its epoch (best, every 5th) that a kill left out."""
     last = run_dir / LAST
     if not last.is_file():
-        return
-    state = load(last)
-    wanted = []
-    if state.get("best_epoch") == state["epoch"]:
-        wanted.append(BEST)
-    if state["epoch"] % KEEP_EVERY == 0:
-        wanted.append(epoch_name(state["epoch"]))
-    for name in wanted:
-        path = run_dir / name
-        if not path.is_file() or _epoch_of(path) != state["epoch"]:
-            atomic_write(path, lambda tmp: torch.save(state, tmp))
+        return None, []
+    try:
+        state = load(last)
+    except ECGError:  # a damaged last checkpoint is reported where it is read
+        return None, []
+    wanted = ([BEST] if state.get("best_epoch") == state["epoch"] else []) + (
+        [epoch_name(state["epoch"])] if state["epoch"] % KEEP_EVERY == 0 else [])
+    return state, [n for n in wanted if not (run_dir / n).is_file() or _epoch_of(run_dir / n) != state["epoch"]]
+
+
+def repair(run_dir: Path) -> None:
+    """Write the copies of the last epoch (best, every 5th) that a kill between :func:`save`'s writes left out."""
+    state, names = _left_out(run_dir)
+    for name in names:
+        try:
+            atomic_write(run_dir / name, lambda tmp: torch.save(state, tmp))
+        except OSError as exc:
+            raise ECGError(f"cannot write checkpoint {run_dir / name} ({exc.strerror}); free space or make "
+                           f"{run_dir} writable, then resume again") from None
 
 
 def _epoch_of(path: Path) -> int | None:
@@ -89,8 +97,14 @@ def _epoch_of(path: Path) -> int | None:
 
 
 def resolve(run_dir: Path, which: str) -> Path:
-    """Path of checkpoint ``which`` (``best``, ``latest`` or an epoch number) in ``run_dir``; must exist."""
+    """Path of checkpoint ``which`` (``best``, ``latest`` or an epoch number) in ``run_dir``; must exist.
+
+    Where a kill left out the best or epoch copy of the last epoch, that epoch is read from
+    ``checkpoint.pth.tar``, so a stale ``model_best.pth.tar`` is never used.
+    """
     name = {"best": BEST, "latest": LAST}.get(which) or epoch_name(int(which))
+    if name != LAST and name in _left_out(run_dir)[1]:
+        return run_dir / LAST
     path = run_dir / name
     if not path.is_file():
         kept = sorted(p.name for p in run_dir.glob("*.pth.tar"))
