@@ -55,7 +55,11 @@ CONFIGS: dict[str, list[str]] = {
     "inter-resnet1d_10_small-rr-filtered": ["--dataset", "ecg", "--split", "inter", "--model-name",
                                            "resnet1d_10_small", "--rr-features", "--beat-format", "filtered"],
     "ptbxl-cnn1d_3": ["--dataset", "ptbxl", "--model-name", "cnn1d_3", "--batch-size", "32", "--epochs", "30"],
+    "ptbxl-ribeiro_resnet_small": ["--dataset", "ptbxl", "--model-name", "ribeiro_resnet_small", "--batch-size", "32",
+                                   "--epochs", "30"],
     "cinc2020-cnn1d_3": ["--dataset", "cinc2020", "--model-name", "cnn1d_3", "--batch-size", "16", "--epochs", "30"],
+    "cinc2020-ribeiro_resnet_small": ["--dataset", "cinc2020", "--model-name", "ribeiro_resnet_small", "--batch-size",
+                                      "16", "--epochs", "30"],
 }
 
 # name -> configurations whose runs (every seed of each) are scored as one model: mean test probabilities
