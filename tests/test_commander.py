@@ -11,7 +11,7 @@ import torch
 import commander
 from args import parse_args, run_name
 from loaders import mitdb
-from tests.conftest import REPO, closed_port, one_line_error, run_cli
+from tests.conftest import REPO, closed_port, one_line_error, run_cli, start_cli
 
 BASE = ["--dataset", "ecg", "--model-name", "cnn1d_3", "--scheduler", "StepLR", "--short-run"]
 RUN = run_name(parse_args(BASE))
@@ -243,3 +243,15 @@ def test_balancing_losses_and_optimisers_train_end_to_end(root: Path, flags: lis
     if "sgd" in flags:
         assert state["optimizer"]["param_groups"][0]["momentum"] == 0.8
     assert cli(root, *flags, "--test") == 0
+
+
+def test_two_jobs_started_together_train_into_two_versions(root: Path) -> None:
+    jobs = [start_cli(*BASE, "--root-dir", str(root), "--epochs", "1") for _ in range(2)]
+    for job in jobs:
+        out, err = job.communicate(timeout=300)
+        assert job.returncode == 0, err
+    runs = sorted(p.name for p in (root / "ecg" / "runs").iterdir())
+    assert runs == [f"{RUN}_1", f"{RUN}_2"]
+    for run in runs:  # each holds one complete run of its own
+        config = json.loads((root / "ecg" / "runs" / run / "config.json").read_text())
+        assert config["run"] == run and [i["action"] for i in config["invocations"]] == ["train"]
