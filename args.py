@@ -210,7 +210,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", default=10, type=POSITIVE_INT,
                    help="train until this many epochs are done (with --resume: the run's own unless given)")
     g.add_argument("--start-epoch", default=None, type=NON_NEGATIVE_INT,
-                   help="epochs already done, for numbering a new run (with --resume: the checkpoint's)")
+                   help="with --resume only: must equal the checkpoint's epoch (a check, nothing more)")
     g.add_argument("-j", "--workers", default=0, type=NON_NEGATIVE_INT,
                    help="DataLoader worker processes (results do not depend on it; data is in memory: 0 is "
                         "usually fastest)")
