@@ -1,0 +1,90 @@
+"""Beat-by-beat comparison of detected, classified beats with reference annotations (ANSI/AAMI EC57 style).
+
+A detected beat matches a reference beat at most ``MATCH_WINDOW_S`` away; closest pairs are matched first and
+each beat is used once. QRS detection is scored by sensitivity (matched / reference beats) and positive
+predictivity (matched / detected beats). Classes are scored on the matched beats only (rows: the reference
+class, columns: the detected beat's class); missed reference beats and extra detected beats are counted per
+class beside them, so a detector's losses never hide inside the class scores.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from toolbox.metrics import confusion_scores
+
+MATCH_WINDOW_S = 0.150
+
+
+def match_beats(reference: np.ndarray, detected: np.ndarray, window: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of (reference index, detected index) at most ``window`` samples apart, closest first, each beat
+    used once; returned in reference order."""
+    ref = np.asarray(reference, dtype=np.float64)
+    det = np.asarray(detected, dtype=np.float64)
+    if not len(ref) or not len(det):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    order = np.argsort(det, kind="stable")
+    lo = np.searchsorted(det[order], ref - window, side="left")
+    hi = np.searchsorted(det[order], ref + window, side="right")
+    counts = hi - lo
+    ref_idx = np.repeat(np.arange(len(ref)), counts)
+    starts = np.repeat(lo - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+    det_idx = order[np.arange(counts.sum()) + starts]
+    distance = np.abs(ref[ref_idx] - det[det_idx])
+    used_ref = np.zeros(len(ref), bool)
+    used_det = np.zeros(len(det), bool)
+    pairs = []
+    for j in np.lexsort((det_idx, ref_idx, distance)):
+        r, d = ref_idx[j], det_idx[j]
+        if not used_ref[r] and not used_det[d]:
+            used_ref[r] = used_det[d] = True
+            pairs.append((r, d))
+    pairs.sort()
+    paired = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    return paired[:, 0], paired[:, 1]
+
+
+def compare(ref_samples: np.ndarray, ref_labels: np.ndarray, det_samples: np.ndarray, det_labels: np.ndarray,
+            fs: float, n_classes: int, window_s: float = MATCH_WINDOW_S) -> dict[str, Any]:
+    """Counts of one record: matched beats' confusion matrix (reference x detected class), and per class the
+    reference beats missed and the detected beats without a reference beat."""
+    ref_labels = np.asarray(ref_labels, dtype=np.int64)
+    det_labels = np.asarray(det_labels, dtype=np.int64)
+    if len(ref_samples) != len(ref_labels) or len(det_samples) != len(det_labels):
+        raise ValueError("each beat needs one sample and one label")
+    r, d = match_beats(ref_samples, det_samples, window_s * fs)
+    confusion = np.zeros((n_classes, n_classes), np.int64)
+    np.add.at(confusion, (ref_labels[r], det_labels[d]), 1)
+    missed = np.ones(len(ref_labels), bool)
+    missed[r] = False
+    extra = np.ones(len(det_labels), bool)
+    extra[d] = False
+    return {"confusion": confusion,
+            "missed": np.bincount(ref_labels[missed], minlength=n_classes),
+            "extra": np.bincount(det_labels[extra], minlength=n_classes)}
+
+
+def pool(counts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Gross counts: the sum of records' counts."""
+    return {key: sum(c[key] for c in counts) for key in ("confusion", "missed", "extra")}
+
+
+def scores(counts: dict[str, Any], classes: Sequence[str], scored: Sequence[str] = ("N", "S", "V", "F")) -> dict:
+    """QRS Se and +P, and per class in ``scored`` Se, +P and F1 on the matched beats, with missed and extra beats."""
+    confusion = np.asarray(counts["confusion"])
+    matched = int(confusion.sum())
+    missed, extra = int(np.sum(counts["missed"])), int(np.sum(counts["extra"]))
+    keep = [classes.index(c) for c in scored]
+    s = confusion_scores(confusion[np.ix_(keep, keep)])
+    return {
+        "qrs": {"se": matched / (matched + missed) if matched + missed else 0.0,
+                "+p": matched / (matched + extra) if matched + extra else 0.0,
+                "reference": matched + missed, "detected": matched + extra, "missed": missed, "extra": extra},
+        "classes": {c: {"se": float(s["recall"][i]), "+p": float(s["precision"][i]),
+                        "f1": None if np.isnan(s["f1"][i]) else float(s["f1"][i]),
+                        "reference": int(confusion[keep[i]].sum() + counts["missed"][keep[i]]),
+                        "missed": int(counts["missed"][keep[i]]), "extra": int(counts["extra"][keep[i]])}
+                    for i, c in enumerate(scored)},
+    }
