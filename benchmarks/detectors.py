@@ -1,0 +1,80 @@
+"""R-peak detectors scored on the 48 MIT-BIH records: QRS sensitivity, positive predictivity and speed.
+
+    python benchmarks/detectors.py [--detectors nk-pantompkins1985 wfdb-gqrs ...]
+
+Each detector (``loaders.detect.DETECTORS``) runs on the record's MLII lead (lead 0 where there is none) at
+360 Hz. A detection within 150 ms of a reference beat annotation matches it (``toolbox.ec57``); each beat is
+used once. Gross Se = matched / reference beats, +P = matched / detections, pooled over records, on the 44
+non-paced records (the EC57 convention) and on all 48, with ventricular flutter episodes (record 207) left
+out as EC57 does. Time is the median per record (30 min of one lead). Needs ``$ECG_DATA_ROOT/mitdb``.
+Prints Markdown.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from loaders import detect, mitdb
+from toolbox import ec57
+
+
+def score(name: str, raw: Path) -> dict[str, object]:
+    """Per-record matched, reference and detected counts and seconds of one detector on every record."""
+    rows = {}
+    for record in tqdm(mitdb.RECORDS, desc=name, leave=False):
+        rec, ann = mitdb._read_record(raw, record)
+        lead = rec.sig_name.index("MLII") if "MLII" in rec.sig_name else 0
+        reference = ann.sample[np.isin(ann.symbol, list(mitdb.BEAT_SYMBOLS))]
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the libraries warn about short or flat stretches
+            peaks = detect.detect(rec.p_signal[:, lead], rec.fs, name)
+        seconds = time.perf_counter() - start
+        peaks = detect.outside(peaks, detect.flutter_episodes(ann.sample, ann.symbol, ann.aux_note, rec.sig_len))
+        matched = len(ec57.match_beats(reference, peaks, ec57.MATCH_WINDOW_S * rec.fs)[0])
+        rows[record] = (matched, len(reference), len(peaks), seconds)
+    return rows
+
+
+def gross(rows: dict[str, tuple], records: list[str]) -> tuple[float, float]:
+    """Pooled QRS Se and +P over ``records``."""
+    m, r, d = (sum(rows[x][i] for x in records) for i in range(3))
+    return m / r, m / d if d else 0.0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--detectors", nargs="+", default=list(detect.DETECTORS), choices=list(detect.DETECTORS))
+    args = p.parse_args()
+    raw = Path(os.environ.get("ECG_DATA_ROOT", "ecg_data")) / "mitdb"
+    if mitdb.missing_files(raw):
+        p.error(f"{raw} lacks MIT-BIH record files; set ECG_DATA_ROOT to the folder that holds mitdb/")
+    non_paced = [r for r in mitdb.RECORDS if r not in mitdb.PACED]
+    print(f"# R-peak detectors on MIT-BIH, {time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} CPUs\n")
+    print(f"`python benchmarks/detectors.py --detectors {' '.join(args.detectors)}`\n")
+    print("| detector | Se % (44 non-paced) | +P % (44 non-paced) | Se % (48) | +P % (48) | s per record (median) "
+          "| most errors: record (missed + extra) |")
+    print("|---|---|---|---|---|---|---|")
+    for name in args.detectors:
+        rows = score(name, raw)
+        se, pp = gross(rows, non_paced)
+        se48, pp48 = gross(rows, mitdb.RECORDS)
+        errors = sorted(rows, key=lambda x: -(rows[x][1] + rows[x][2] - 2 * rows[x][0]))[:3]
+        worst = ", ".join(f"{x} ({rows[x][1] - rows[x][0]} + {rows[x][2] - rows[x][0]})" for x in errors)
+        median = statistics.median(v[3] for v in rows.values())
+        print(f"| `{name}` | {100 * se:.3f} | {100 * pp:.3f} | {100 * se48:.3f} | {100 * pp48:.3f} | {median:.2f} "
+              f"| {worst} |", flush=True)
+    beats = sum(int(np.isin(mitdb._read_record(raw, r)[1].symbol, list(mitdb.BEAT_SYMBOLS)).sum()) for r in non_paced)
+    print(f"\n{beats:,} reference beats in the 44 non-paced records: 0.001% is about {beats / 1e5:.1f} beats.")
+
+
+if __name__ == "__main__":
+    main()

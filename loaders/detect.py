@@ -1,0 +1,74 @@
+"""R-peak detectors for recordings without beat annotations (the first step of annotating a new recording).
+
+Each detector takes one lead (a 1-D signal in mV) and its sampling rate and returns the sorted sample indices
+of the R peaks it finds. They wrap maintained libraries (NeuroKit2 and wfdb), imported on first use.
+``benchmarks/detectors.py`` scores every one of them on the 48 MIT-BIH records.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from toolbox.utils import ECGError
+
+# NeuroKit2's ecg_clean has a matching filter for these methods; the others use its default ("neurokit")
+_NK_CLEANING = {"neurokit", "pantompkins1985", "hamilton2002", "elgendi2010", "engzeemod2012"}
+
+
+def _neurokit(method: str) -> Callable[[np.ndarray, float], np.ndarray]:
+    def detect(signal: np.ndarray, fs: float) -> np.ndarray:
+        import neurokit2 as nk  # heavy: imported where used
+
+        clean = nk.ecg_clean(signal, sampling_rate=fs, method=method if method in _NK_CLEANING else "neurokit")
+        _, info = nk.ecg_peaks(clean, sampling_rate=fs, method=method)
+        return np.asarray(info["ECG_R_Peaks"], dtype=np.int64)
+
+    return detect
+
+
+def _gqrs(signal: np.ndarray, fs: float) -> np.ndarray:
+    from wfdb import processing
+
+    return np.asarray(processing.gqrs_detect(sig=signal, fs=fs), dtype=np.int64)
+
+
+def _xqrs(signal: np.ndarray, fs: float) -> np.ndarray:
+    from wfdb import processing
+
+    return np.asarray(processing.xqrs_detect(sig=signal, fs=fs, verbose=False), dtype=np.int64)
+
+
+DETECTORS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
+    **{f"nk-{m}": _neurokit(m) for m in ("neurokit", "pantompkins1985", "hamilton2002", "elgendi2010",
+                                         "kalidas2017", "rodrigues2021")},
+    "wfdb-gqrs": _gqrs,
+    "wfdb-xqrs": _xqrs,
+}
+
+
+def detect(signal: np.ndarray, fs: float, method: str) -> np.ndarray:
+    """R-peak samples of one lead by ``method`` (a key of ``DETECTORS``): sorted, unique, inside the signal."""
+    if method not in DETECTORS:
+        raise ECGError(f"unknown R-peak detector {method!r}; choose one of {', '.join(DETECTORS)}")
+    signal = np.asarray(signal, dtype=np.float64)
+    if signal.ndim != 1 or not np.isfinite(signal).all():
+        raise ECGError("R-peak detection needs one lead of finite values")
+    peaks = np.unique(DETECTORS[method](signal, fs))
+    return peaks[(peaks >= 0) & (peaks < len(signal))]
+
+
+def flutter_episodes(samples: np.ndarray, symbols: list[str], notes: list[str], length: int) -> list[tuple[int, int]]:
+    """[start, end) samples of ventricular flutter or fibrillation episodes, from rhythm annotations ('+' with
+    an aux note '(VFL' or '(VF'), each ending at the next rhythm annotation; EC57 leaves them out of QRS scores."""
+    rhythm = [(int(s), n) for s, sym, n in zip(samples, symbols, notes, strict=True) if sym == "+"]
+    ends = [s for s, _ in rhythm[1:]] + [length]
+    return [(s, end) for (s, note), end in zip(rhythm, ends, strict=True) if note.rstrip("\x00") in ("(VFL", "(VF")]
+
+
+def outside(peaks: np.ndarray, episodes: list[tuple[int, int]]) -> np.ndarray:
+    """The ``peaks`` that lie in none of the [start, end) ``episodes``."""
+    keep = np.ones(len(peaks), bool)
+    for start, end in episodes:
+        keep &= (peaks < start) | (peaks >= end)
+    return peaks[keep]
