@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
-from math import gcd
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -267,39 +267,66 @@ def record_templates(x: np.ndarray, records: np.ndarray, prematurity: np.ndarray
     return out
 
 
-def extract_record(raw_dir: Path, record: str, params: BeatParams = BeatParams()) -> dict[str, np.ndarray]:
-    """Beats of one record: ``x`` (n, length) float32, ``label`` (AAMI index), ``sample`` (at 360 Hz), ``rr``
+def network_input(inputs: dict[str, np.ndarray], templates: np.ndarray | None, rr_features: bool,
+                  idx: np.ndarray) -> np.ndarray:
+    """The model's input (n, channels, length) for the beats ``idx``: the beat, then its record template
+    (``--median-beat``), then its RR features as constant channels (``--rr-features``)."""
+    x = inputs["x"][idx, None, :]
+    if templates is not None:
+        x = np.concatenate([x, templates[idx, None, :]], axis=1)
+    if rr_features:
+        x = np.concatenate([x, np.repeat(inputs["rr"][idx, :, None], x.shape[2], axis=2)], axis=1)
+    return x
+
+
+def resample(signal: np.ndarray, fs_in: float, fs_out: int) -> np.ndarray:
+    """``signal`` (samples on axis 0) from ``fs_in`` to ``fs_out`` Hz by polyphase filtering (any ``fs_in``: a
+    rate that is not a whole number is taken as the nearest fraction with a denominator up to 100)."""
+    ratio = Fraction(fs_out) / Fraction(fs_in).limit_denominator(100)
+    return resample_poly(signal, ratio.numerator, ratio.denominator, axis=0)
+
+
+def cut_beats(signal: np.ndarray, fs_in: float, beat_samples: np.ndarray, at: np.ndarray,
+              params: BeatParams = BeatParams()) -> dict[str, np.ndarray]:
+    """Beats of one lead (``signal`` at ``fs_in`` Hz) at the R peaks ``at``: ``x`` (n, length) float32, ``rr``
     (:func:`rr_intervals`) and ``amp``, the absolute amplitude at each R peak (record-scaled formats).
 
+    ``beat_samples`` are every beat of the recording (sorted samples at ``fs_in``; ``at`` is a subset): the RR
+    intervals and the window median RR come from them. Training cuts at the reference annotations
+    (:func:`extract_record`), ``predict.py`` at detected R peaks, with this one function.
     ``filtered`` beats (``scale="record"``) are cut from the signal with its baseline removed; their division
     by the record's amplitude is left to :func:`beat_inputs`, which knows the split.
     """
-    rec, ann = _read_record(raw_dir, record)
-    lead = rec.sig_name.index(params.lead) if params.lead in rec.sig_name else 0
-    fs_in = int(rec.fs)
-    g = gcd(params.fs, fs_in)
-    x = resample_poly(rec.p_signal[:, lead], params.fs // g, fs_in // g)
+    x = resample(signal, fs_in, params.fs)
     win = int(round(params.window_s * params.fs))
-    symbols = np.asarray(ann.symbol)
-    pos = np.clip(np.round(ann.sample * params.fs / fs_in).astype(np.int64), 0, len(x) - 1)
-    is_beat = np.isin(symbols, list(BEAT_SYMBOLS))
+    pos_all = np.clip(np.round(beat_samples * params.fs / fs_in).astype(np.int64), 0, len(x) - 1)
+    pos = np.clip(np.round(at * params.fs / fs_in).astype(np.int64), 0, len(x) - 1)
     x = _window_scale(x, win) if params.scale == "window" else _remove_baseline(x, params.fs)
 
-    keep = np.isin(symbols, list(AAMI_MAP))
-    starts = pos[keep] - params.before
+    starts = pos - params.before
     offsets = np.arange(params.length)
     idx = starts[:, None] + offsets[None, :]
     valid = (idx >= 0) & (idx < len(x))
     if params.rr_factor is not None:
-        med_rr = _window_median_rr(pos[is_beat], -(-len(x) // win), win)
-        spans = np.round(params.rr_factor * med_rr[pos[keep] // win]).astype(np.int64) + params.before
+        med_rr = _window_median_rr(pos_all, -(-len(x) // win), win)
+        spans = np.round(params.rr_factor * med_rr[pos // win]).astype(np.int64) + params.before
         valid &= offsets[None, :] < spans[:, None]
     beats = np.where(valid, x[np.clip(idx, 0, len(x) - 1)], 0.0).astype(np.float32)
+    return {"x": beats, "rr": rr_intervals(beat_samples, at), "amp": np.abs(x[pos]).astype(np.float32)}
+
+
+def extract_record(raw_dir: Path, record: str, params: BeatParams = BeatParams()) -> dict[str, np.ndarray]:
+    """Beats of one record at its reference annotations (:func:`cut_beats`), with ``label`` (AAMI index),
+    ``sample`` (at 360 Hz) and ``record``."""
+    rec, ann = _read_record(raw_dir, record)
+    lead = rec.sig_name.index(params.lead) if params.lead in rec.sig_name else 0
+    symbols = np.asarray(ann.symbol)
+    is_beat = np.isin(symbols, list(BEAT_SYMBOLS))
+    keep = np.isin(symbols, list(AAMI_MAP))
+    beats = cut_beats(rec.p_signal[:, lead], rec.fs, ann.sample[is_beat], ann.sample[keep], params)
     labels = np.array([AAMI_MAP[s] for s in symbols[keep]], dtype=np.int64)
-    rr = rr_intervals(ann.sample[is_beat], ann.sample[keep])
-    return {"x": beats, "label": labels, "sample": ann.sample[keep].astype(np.int64),
-            "record": np.full(len(labels), int(record), dtype=np.int64), "rr": rr,
-            "amp": np.abs(x[pos[keep]]).astype(np.float32)}
+    return {"x": beats["x"], "label": labels, "sample": ann.sample[keep].astype(np.int64),
+            "record": np.full(len(labels), int(record), dtype=np.int64), "rr": beats["rr"], "amp": beats["amp"]}
 
 
 def extract_beats(raw_dir: Path, params: BeatParams = BeatParams(), progress: bool = True) -> dict[str, np.ndarray]:
@@ -524,12 +551,7 @@ def build(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, prot
                  if median_beat else None)
 
     def subset(idx: np.ndarray) -> ECGDataset:
-        x = inputs["x"][idx, None, :]
-        if templates is not None:
-            x = np.concatenate([x, templates[idx, None, :]], axis=1)
-        if rr_features:
-            x = np.concatenate([x, np.repeat(inputs["rr"][idx, :, None], x.shape[2], axis=2)], axis=1)
-        return ECGDataset(x, labels[idx], classes,
+        return ECGDataset(network_input(inputs, templates, rr_features, idx), labels[idx], classes,
                           meta={"record": beats["record"][idx], "sample": beats["sample"][idx]})
 
     return DataSplits(subset(split["train"]), subset(split["val"]), subset(split["test"]),
