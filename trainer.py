@@ -121,15 +121,16 @@ def _average_windows(probs: np.ndarray, targets: np.ndarray, groups: np.ndarray)
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: bool = False,
-            progress: bool = True) -> np.ndarray:
-    """Multi-label probabilities per record of a record dataset (its windows averaged), without labels or loss."""
+            progress: bool = True, multilabel: bool = True) -> np.ndarray:
+    """Probabilities without labels or loss: multi-label per record of a record dataset (its windows averaged),
+    or single-label (softmax) per example."""
     model.eval()
     probs = []
     for _, (x, _y) in _batches(loader, None, "predict", progress):
         with _autocast(device, amp):
-            probs.append(torch.sigmoid(model(x.to(device)).float()).cpu())
+            probs.append(_probabilities(model(x.to(device)).float(), multilabel).cpu())
     p = torch.cat(probs).numpy()
-    return _average_windows(p, np.zeros((len(p), 0)), loader.dataset.groups)[0]
+    return _average_windows(p, np.zeros((len(p), 0)), loader.dataset.groups)[0] if multilabel else p
 
 
 def _evaluate(model: nn.Module, loader: DataLoader, criterion: nn.Module, device: torch.device,

@@ -14,13 +14,16 @@ from typing import Any
 
 from toolbox.utils import ECGError
 
-__all__ = ["BEAT_FORMAT_NAMES", "DATASETS", "SOURCES", "DatasetSpec", "get_loader", "raw_dir"]
+__all__ = ["BEAT_FORMAT_NAMES", "DATASETS", "DETECTOR_NAMES", "SOURCES", "DatasetSpec", "get_loader", "raw_dir"]
 
 # PhysioNet/CinC Challenge 2020-2021 record-name prefix -> source database (the ``source-X`` splits)
 SOURCES = {"A": "CPSC 2018", "Q": "CPSC-Extra", "I": "St Petersburg INCART", "S": "PTB", "HR": "PTB-XL",
            "E": "Georgia", "JS": "Chapman-Shaoxing/Ningbo"}
 # --beat-format values; their extraction parameters are ``loaders.mitdb.BEAT_FORMATS`` (same names, same order)
 BEAT_FORMAT_NAMES = ("kaggle", "centered", "filtered")
+# R-peak detectors of ``loaders.detect.DETECTORS`` (named here so that --help imports nothing heavy)
+DETECTOR_NAMES = ("nk-neurokit", "nk-pantompkins1985", "nk-hamilton2002", "nk-elgendi2010", "nk-kalidas2017",
+                  "nk-rodrigues2021", "wfdb-gqrs", "wfdb-xqrs")
 
 
 def _lazy(module: str, function: str, **fixed: Any) -> Callable[..., Any]:

@@ -12,17 +12,16 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.io
-from scipy.signal import resample_poly
 from tqdm import tqdm
 
 from loaders.dataset import DataSplits, RecordDataset, cached_arrays, fingerprint, multilabel_holdout
+from loaders.dataset import resample as resample_signal
 from toolbox.utils import ECGError, atomic_write
 
 log = logging.getLogger(__name__)
@@ -143,11 +142,8 @@ def read_signal(folder: Path, header: Header) -> np.ndarray:
 
 
 def resample(signal: np.ndarray, fs: float, target: int) -> np.ndarray:
-    """Polyphase resampling of (leads, samples) from ``fs`` to ``target`` Hz."""
-    if fs == target:
-        return signal
-    ratio = Fraction(target) / Fraction(fs).limit_denominator(1000)
-    return resample_poly(signal, ratio.numerator, ratio.denominator, axis=1).astype(np.float32)
+    """Polyphase resampling of (leads, samples) from ``fs`` to ``target`` Hz, as float32."""
+    return resample_signal(signal, fs, target, axis=1).astype(np.float32, copy=False)
 
 
 def read_scoring(folder: Path) -> Scoring:

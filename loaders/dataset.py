@@ -5,11 +5,13 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from scipy.signal import resample_poly
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
@@ -57,6 +59,15 @@ def holdout(idx: np.ndarray, labels: np.ndarray, frac: float, seed: int) -> tupl
     """Stratified, seeded: (kept, held out) sorted indices of ``idx``, about ``frac`` of them held out."""
     kept, held = train_test_split(idx, test_size=frac, stratify=labels, random_state=seed)
     return np.sort(kept), np.sort(held)
+
+
+def resample(signal: np.ndarray, fs: float, target: float, axis: int = -1) -> np.ndarray:
+    """Polyphase resampling along ``axis`` from ``fs`` to ``target`` Hz; a rate that is not a whole number is
+    taken as the nearest fraction with a denominator up to 1000. Unchanged when the rates are equal."""
+    if fs == target:
+        return signal
+    ratio = Fraction(target).limit_denominator(1000) / Fraction(fs).limit_denominator(1000)
+    return resample_poly(signal, ratio.numerator, ratio.denominator, axis=axis)
 
 
 def cache_key(*parts: Any) -> str:

@@ -13,6 +13,9 @@ import numpy as np
 from toolbox.utils import ECGError
 
 # NeuroKit2's ecg_clean has a matching filter for these methods; the others use its default ("neurokit")
+# where :func:`align` looks for the R peak around a detection: chosen on the DS1 records only (wfdb-gqrs marks the
+# QRS 33 ms before the reference annotation; aligned, 94.8% of its detections lie within 8 ms of it, 97.7% within 16)
+ALIGN_BEFORE_S, ALIGN_AFTER_S = 0.05, 0.10
 _NK_CLEANING = {"neurokit", "pantompkins1985", "hamilton2002", "elgendi2010", "engzeemod2012"}
 
 
@@ -72,3 +75,17 @@ def outside(peaks: np.ndarray, episodes: list[tuple[int, int]]) -> np.ndarray:
     for start, end in episodes:
         keep &= (peaks < start) | (peaks >= end)
     return peaks[keep]
+
+
+def align(signal: np.ndarray, fs: float, peaks: np.ndarray, before_s: float, after_s: float) -> np.ndarray:
+    """Each peak moved to the largest absolute value of the baseline-free ``signal`` from ``before_s`` before it
+    to ``after_s`` after it (the R peak, where training cuts its beats); sorted, duplicates merged."""
+    from loaders.mitdb import remove_baseline
+
+    peaks = np.asarray(peaks, dtype=np.int64)
+    if not len(peaks):
+        return peaks
+    x = np.abs(remove_baseline(np.asarray(signal, dtype=np.float64), fs))
+    offsets = np.arange(-int(round(before_s * fs)), int(round(after_s * fs)) + 1)
+    idx = np.clip(peaks[:, None] + offsets[None, :], 0, len(x) - 1)
+    return np.unique(idx[np.arange(len(peaks)), np.argmax(x[idx], axis=1)])

@@ -18,16 +18,14 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.ndimage import median_filter
-from scipy.signal import resample_poly
 from tqdm import tqdm
 
-from loaders.dataset import DataSplits, ECGDataset, cached_arrays, fingerprint, holdout
+from loaders.dataset import DataSplits, ECGDataset, cached_arrays, fingerprint, holdout, resample
 from loaders.download import PHYSIONET_MITDB, fetch_files, parse_sha256sums, sha256_file
 from toolbox.utils import ECGError, write_json
 
@@ -50,6 +48,10 @@ AAMI_CLASSES = ["N", "S", "V", "F", "Q"]
 AAMI_MAP = {**dict.fromkeys("NLRej", 0), **dict.fromkeys("AaJS", 1), **dict.fromkeys("VE", 2),
             "F": 3, **dict.fromkeys("/fQ", 4)}
 BINARY_CLASSES = ["N", "abnormal"]
+# AAMI class of every beat annotation, for scoring against reference annotations (EC57): the training classes
+# (``AAMI_MAP``), and the symbols training leaves out: bundle branch block beat (B) is N, supraventricular
+# escape (n) S, R-on-T (r) V and unclassifiable (?) Q
+REFERENCE_MAP = {**AAMI_MAP, "B": 0, "n": 1, "r": 2, "?": 4}
 # Every beat annotation of the MIT-BIH format (used for RR intervals, labelled or not).
 BEAT_SYMBOLS = set("NLRBAaJSVrFejnE/fQ?")
 # Bits per sample of the WFDB signal formats PhysioNet uses (MIT-BIH is format 212).
@@ -145,7 +147,7 @@ def _window_scale(x: np.ndarray, win: int) -> np.ndarray:
     return (x - lo[wid]) / span[wid]
 
 
-def _remove_baseline(x: np.ndarray, fs: int) -> np.ndarray:
+def remove_baseline(x: np.ndarray, fs: float) -> np.ndarray:
     """Baseline wander removed: median filters of 200 ms, then 600 ms (de Chazal 2004)."""
     return x - median_filter(median_filter(x, int(0.2 * fs) | 1, mode="nearest"), int(0.6 * fs) | 1, mode="nearest")
 
@@ -279,13 +281,6 @@ def network_input(inputs: dict[str, np.ndarray], templates: np.ndarray | None, r
     return x
 
 
-def resample(signal: np.ndarray, fs_in: float, fs_out: int) -> np.ndarray:
-    """``signal`` (samples on axis 0) from ``fs_in`` to ``fs_out`` Hz by polyphase filtering (any ``fs_in``: a
-    rate that is not a whole number is taken as the nearest fraction with a denominator up to 100)."""
-    ratio = Fraction(fs_out) / Fraction(fs_in).limit_denominator(100)
-    return resample_poly(signal, ratio.numerator, ratio.denominator, axis=0)
-
-
 def cut_beats(signal: np.ndarray, fs_in: float, beat_samples: np.ndarray, at: np.ndarray,
               params: BeatParams = BeatParams()) -> dict[str, np.ndarray]:
     """Beats of one lead (``signal`` at ``fs_in`` Hz) at the R peaks ``at``: ``x`` (n, length) float32, ``rr``
@@ -297,11 +292,11 @@ def cut_beats(signal: np.ndarray, fs_in: float, beat_samples: np.ndarray, at: np
     ``filtered`` beats (``scale="record"``) are cut from the signal with its baseline removed; their division
     by the record's amplitude is left to :func:`beat_inputs`, which knows the split.
     """
-    x = resample(signal, fs_in, params.fs)
+    x = resample(signal, fs_in, params.fs, axis=0)
     win = int(round(params.window_s * params.fs))
     pos_all = np.clip(np.round(beat_samples * params.fs / fs_in).astype(np.int64), 0, len(x) - 1)
     pos = np.clip(np.round(at * params.fs / fs_in).astype(np.int64), 0, len(x) - 1)
-    x = _window_scale(x, win) if params.scale == "window" else _remove_baseline(x, params.fs)
+    x = _window_scale(x, win) if params.scale == "window" else remove_baseline(x, params.fs)
 
     starts = pos - params.before
     offsets = np.arange(params.length)
@@ -327,6 +322,21 @@ def extract_record(raw_dir: Path, record: str, params: BeatParams = BeatParams()
     labels = np.array([AAMI_MAP[s] for s in symbols[keep]], dtype=np.int64)
     return {"x": beats["x"], "label": labels, "sample": ann.sample[keep].astype(np.int64),
             "record": np.full(len(labels), int(record), dtype=np.int64), "rr": beats["rr"], "amp": beats["amp"]}
+
+
+def beats_at(signal: np.ndarray, fs: float, peaks: np.ndarray, *, beat_format: str, median_beat: bool,
+             rr_features: bool) -> np.ndarray:
+    """The model's input (n, channels, length) for a recording's detected R ``peaks`` (samples at ``fs``), made by
+    the training code (:func:`cut_beats`, :func:`beat_inputs`, :func:`record_templates`, :func:`network_input`)
+    with record statistics from the whole recording, as on the inter-patient protocol."""
+    params = BEAT_FORMATS[beat_format]
+    peaks = np.asarray(peaks, dtype=np.int64)
+    beats = {**cut_beats(signal, fs, peaks, peaks, params), "record": np.zeros(len(peaks), np.int64)}
+    stats = np.ones(len(peaks), dtype=bool)
+    inputs = beat_inputs(beats, stats, by_record=params.scale == "record")
+    templates = (record_templates(inputs["x"], beats["record"], beats["rr"][:, RR_FEATURES.index("pre/local")], stats)
+                 if median_beat else None)
+    return network_input(inputs, templates, rr_features, np.arange(len(peaks)))
 
 
 def extract_beats(raw_dir: Path, params: BeatParams = BeatParams(), progress: bool = True) -> dict[str, np.ndarray]:

@@ -66,7 +66,7 @@ def test_baseline_removal_and_record_scale_set_the_beats_to_one() -> None:
     for k, b in enumerate(peaks):  # 40 ms wide QRS spikes; every 10th beat twice as tall
         spikes[b - 2:b + 3] = (2.0 if k % 10 else 4.0) * np.array([0.5, 0.8, 1.0, 0.8, 0.5])
     wander = 1.5 * np.sin(2 * np.pi * 0.2 * t) + 3.0  # breathing and an offset
-    y = mitdb._remove_baseline(spikes + wander, fs)
+    y = mitdb.remove_baseline(spikes + wander, fs)
     between = np.ones(len(t), bool)
     for b in peaks:
         between[b - 5:b + 6] = False

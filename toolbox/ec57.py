@@ -85,6 +85,28 @@ def scores(counts: dict[str, Any], classes: Sequence[str], scored: Sequence[str]
         "classes": {c: {"se": float(s["recall"][i]), "+p": float(s["precision"][i]),
                         "f1": None if np.isnan(s["f1"][i]) else float(s["f1"][i]),
                         "reference": int(confusion[keep[i]].sum() + counts["missed"][keep[i]]),
+                        "detected": int(confusion[:, keep[i]].sum() + counts["extra"][keep[i]]),
                         "missed": int(counts["missed"][keep[i]]), "extra": int(counts["extra"][keep[i]])}
                     for i, c in enumerate(scored)},
     }
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def table(rows: dict[str, dict[str, Any]], scored: Sequence[str] = ("N", "S", "V", "F")) -> str:
+    """Markdown table of :func:`scores` per row name (records, then "gross"): QRS Se/+P (%), missed and extra
+    beats, and per class Se, +P and F1 (%) on the matched beats."""
+    head = ["record", "beats", "QRS Se", "QRS +P", "missed", "extra"]
+    head += [f"{c} {m}" for c in scored for m in ("Se", "+P", "F1")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, s in rows.items():
+        q = s["qrs"]
+        cells = [name, str(q["reference"]), _pct(q["se"]), _pct(q["+p"]), str(q["missed"]), str(q["extra"])]
+        for c in scored:
+            k = s["classes"][c]
+            empty = k["reference"] == 0 and k["detected"] == 0
+            cells += ["-", "-", "-"] if empty else [_pct(k["se"]), _pct(k["+p"]), _pct(k["f1"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
