@@ -24,7 +24,7 @@ from pathlib import Path
 from args import POSITIVE_INT, DefaultsHelpFormatter, OneLineParser, number, word_or_number
 from loaders import DETECTOR_NAMES
 
-SHIPPED = Path(__file__).resolve().parent / "models" / "shipped" / "mitbih_inter_cnn1d_3.pth"
+SHIPPED = Path(__file__).resolve().parent / "models" / "shipped" / "mitbih_inter_cnn1d_3.pth.tar"
 BEAT_DATASETS = ("ecg", "ecg_bin")
 RECORD_DATASETS = ("cinc2020", "ptbxl")
 ANNOTATION_EXT = "pred"
@@ -79,7 +79,7 @@ def load_model(run: Path | None, which: str) -> tuple[dict, Path, str]:
         if not SHIPPED.is_file():
             raise ECGError(f"the shipped model {SHIPPED} is missing; restore it (git checkout {SHIPPED.name}) "
                            f"or give --run RUN_DIR")
-        path, name = SHIPPED, f"shipped:{SHIPPED.stem}"
+        path, name = SHIPPED, f"shipped:{SHIPPED.name.split('.')[0]}"
     else:
         if not run.is_dir():
             raise ECGError(f"--run {run}: no such run folder; give a folder under <root-dir>/<dataset>/runs/")
@@ -158,8 +158,8 @@ def run_beats(args: argparse.Namespace, paths: list[Path], state: dict, model: t
     flags = state.get("args") or {}
     counts, rows = {}, {}
     for path in tqdm(paths, desc="annotate", unit="recording", disable=None if len(paths) > 1 else True):
-        rec = recording.read_recording(path, args.fs)
         start = time.perf_counter()
+        rec = recording.read_recording(path, args.fs)
         result = annotate(rec, state, model, device, args)
         samples, labels, fs = result["samples"], result["labels"], result["fs"]
         beat_report.write_beats_csv(args.out / f"{rec.name}_beats.csv", samples, fs, labels, result["probs"],
@@ -171,11 +171,14 @@ def run_beats(args: argparse.Namespace, paths: list[Path], state: dict, model: t
                               "beat_format": flags.get("beat_format"), "median_beat": flags.get("median_beat"),
                               "rr_features": flags.get("rr_features"), "classes": classes},
                        detector={"name": args.detector, "lead": result["lead"], "fs": fs,
-                                 "library": "wfdb" if args.detector.startswith("wfdb") else "neurokit2"})
-        write_json(args.out / f"{rec.name}_summary.json", summary)
+                                 "library": "wfdb" if args.detector.startswith("wfdb") else "neurokit2",
+                                 "settings": "the library's defaults",
+                                 "aligned_to_largest_abs_deviation_s": [-detect.ALIGN_BEFORE_S, detect.ALIGN_AFTER_S]})
         beat_report.plot_strips(args.out / f"{rec.name}_strip.png", result["signal"], fs, result["lead"], samples,
                                 labels, classes, f"{rec.name}: {name}, {args.detector}")
         seconds = time.perf_counter() - start
+        summary["seconds"] = round(seconds, 2)  # reading, detection, classification and the files above
+        write_json(args.out / f"{rec.name}_summary.json", summary)
         per_class = ", ".join(f"{n} {c}" for c, n in summary["beats_per_class"].items() if n)
         tqdm.write(f"{rec.name}: lead {result['lead']} ({result['lead_choice']}), {len(samples)} beats ({per_class}), "
                    f"{seconds:.1f} s")
@@ -227,6 +230,8 @@ def run(args: argparse.Namespace) -> int:
                        f"separate calls with different --out folders")
     if args.reference and not beat_model:
         raise ECGError("--reference scores beat annotations; it needs a beat model (--dataset ecg or ecg_bin)")
+    for path in paths if args.reference else []:
+        recording.reference_file(path, args.reference)
     check_outputs(args.out, planned_outputs(names, beat_model, args.reference), args.overwrite)
     device = setup_env(0, args.disable_cuda)
     model = from_checkpoint(state)

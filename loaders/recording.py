@@ -167,6 +167,15 @@ def choose_lead(rec: Recording, wanted: str | None, trained: str) -> tuple[int, 
     return 0, "the first lead: none matches the model's"
 
 
+def reference_file(path: Path, ext: str) -> Path:
+    """The reference annotation file ``<record>.<ext>`` beside ``path``; an ECGError when it is absent."""
+    file = path.with_suffix(f".{ext}")
+    if not file.is_file():
+        raise ECGError(f"{path}: no reference annotations {file.name}; give --reference the extension of its "
+                       f"annotation file (e.g. atr), or leave --reference out")
+    return file
+
+
 def read_reference(path: Path, ext: str, fs: float, length: int) -> dict[str, Any]:
     """Reference beat annotations ``<record>.<ext>`` beside ``path``: beat samples and symbols (at ``fs``: an
     annotation file that stores another rate is rescaled), and the ventricular flutter episodes EC57 leaves out."""
@@ -175,10 +184,7 @@ def read_reference(path: Path, ext: str, fs: float, length: int) -> dict[str, An
     from loaders.detect import flutter_episodes
     from loaders.mitdb import BEAT_SYMBOLS
 
-    file = path.with_suffix(f".{ext}")
-    if not file.is_file():
-        raise ECGError(f"{path}: no reference annotations {file.name}; give --reference the extension of its "
-                       f"annotation file (e.g. atr), or leave --reference out")
+    file = reference_file(path, ext)
     try:
         ann = wfdb.rdann(str(path.with_suffix("")), ext)
     except Exception as exc:
@@ -225,3 +231,38 @@ def write_record_predictions(path: Path, records: list[str], classes: list[str],
                 out.writerow([r, *(f"{v:.4f}" for v in p), *(int(v) for v in lab)])
 
     atomic_write(path, write)
+
+
+def write_recording(rec: Recording, path: Path, fs: float | None = None) -> Path:
+    """Write ``rec``'s leads (which must share one rate) as WFDB (.hea + .dat, 16-bit), EDF+ (.edf, 16-bit,
+    whole seconds), CSV (.csv) or NumPy (.npy) by ``path``'s suffix, resampled to ``fs`` when given; the values
+    are in the recording's units (mV for MIT-BIH). Returns the path written."""
+    if len(set(rec.fs)) != 1:
+        raise ECGError(f"{rec.path}: its leads have different rates ({sorted(set(rec.fs))}); write them one by one")
+    rate = rec.fs[0] if fs is None else fs
+    values = np.stack([resample(s, rec.fs[0], rate) for s in rec.signals], axis=1)
+    suffix = path.suffix.lower()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".npy":
+        atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), values))
+    elif suffix == ".csv":
+        atomic_write(path, lambda tmp: np.savetxt(tmp, values, fmt="%.5f", delimiter=",", header=",".join(rec.leads),
+                                                  comments=""))
+    elif suffix == ".edf":
+        import edfio
+
+        whole = int(len(values) // rate * rate) if float(rate).is_integer() else len(values)
+        signals = [edfio.EdfSignal(values[:whole, i], rate, label=lead, physical_dimension="mV")
+                   for i, lead in enumerate(rec.leads)]
+        atomic_write(path, lambda tmp: edfio.Edf(signals).write(tmp))
+    elif suffix == ".hea":
+        import wfdb
+
+        if not float(rate).is_integer():
+            raise ECGError(f"{path}: WFDB records here are written at whole-number rates, not {rate} Hz")
+        wfdb.wrsamp(path.stem, fs=rate, units=["mV"] * len(rec.leads), sig_name=list(rec.leads), p_signal=values,
+                    fmt=["16"] * len(rec.leads), adc_gain=[200.0] * len(rec.leads), baseline=[0] * len(rec.leads),
+                    write_dir=str(path.parent))
+    else:
+        raise ECGError(f"{path}: cannot write {path.suffix or 'files without a suffix'}; use .hea, .edf, .csv or .npy")
+    return path

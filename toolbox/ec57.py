@@ -110,3 +110,21 @@ def table(rows: dict[str, dict[str, Any]], scored: Sequence[str] = ("N", "S", "V
             cells += ["-", "-", "-"] if empty else [_pct(k["se"]), _pct(k["+p"]), _pct(k["f1"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def bootstrap(counts: Sequence[dict[str, Any]], classes: Sequence[str], scored: Sequence[str], n: int = 1000,
+              seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of the gross QRS Se/+P and each scored class's Se, +P and F1, with records drawn
+    with replacement (the record is the unit: beats of one record are not independent)."""
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(n):
+        pick = rng.integers(0, len(counts), len(counts))
+        s = scores(pool([counts[i] for i in pick]), classes, scored)
+        values = {"qrs se": s["qrs"]["se"], "qrs +p": s["qrs"]["+p"]}
+        for c in scored:
+            values.update({f"{c} {m}": s["classes"][c][m] for m in ("se", "+p", "f1")})
+        for key, value in values.items():
+            draws.setdefault(key, []).append(np.nan if value is None else value)
+    tail = 100 * (1 - level) / 2
+    return {k: (float(np.nanpercentile(v, tail)), float(np.nanpercentile(v, 100 - tail))) for k, v in draws.items()}
