@@ -1,6 +1,7 @@
 """A user's own recordings, read into leads and sampling rates: WFDB, EDF/EDF+, CSV and NumPy ``.npy``.
 
-WFDB records are read with ``wfdb`` (the PhysioNet library), EDF and EDF+ with ``edfio``: pure Python over
+WFDB records are read with ``wfdb`` (the PhysioNet library; Challenge records, ``.hea`` + ``.mat``, with the
+Challenge reader that training uses), EDF and EDF+ with ``edfio``: pure Python over
 NumPy, so it installs wherever NumPy does, it reads EDF+ annotations and signals of different rates, and it
 is maintained beside MNE-Python, which uses it to write EDF. CSV files have a header row naming the leads and
 one column per lead; ``.npy`` files hold one lead (samples,) or several (samples, leads). Neither stores its
@@ -93,6 +94,13 @@ def read_recording(path: Path, fs: float | None = None) -> Recording:
 def _read_wfdb(path: Path) -> Recording:
     import wfdb
 
+    if path.with_suffix(".mat").is_file():  # a PhysioNet/CinC Challenge record: the reader training uses
+        from loaders import cinc2020
+
+        header = cinc2020.read_header(path, need_dx=False)
+        signal = cinc2020.read_signal(path.parent, header)
+        return Recording(path.stem, path, [row.astype(np.float64) for row in signal], [float(header.fs)] * len(signal),
+                         list(cinc2020.LEADS))
     rec = wfdb.rdrecord(str(path.with_suffix("")))
     if rec.p_signal is None:
         raise ECGError(f"{path}: the record holds no signal")

@@ -559,3 +559,21 @@ def test_bad_multilabel_flags_are_one_line_errors(flags: list[str], message: str
     proc = run_cli(*flags, "--model-name", "cnn1d_3", "--root-dir", str(tmp_path))
     assert message in one_line_error(proc)
     assert not (tmp_path / "cinc2020" / "runs").exists() or not any((tmp_path / "cinc2020" / "runs").iterdir())
+
+
+def test_predict_scores_challenge_records_as_the_test_split(cinc_run: Path, cinc_dir: Path, tmp_path: Path) -> None:
+    """predict.py with a record model: the test records read as plain WFDB files give the test predictions."""
+    import predict
+
+    pred = pd.read_csv(cinc_run / "pred" / "test_best_predictions.csv")
+    inputs = [str(cinc_dir / "records" / f"{r}.hea") for r in pred["record"]]
+    out = tmp_path / "out"
+    assert predict.main([*inputs, "--out", str(out), "--run", str(cinc_run)]) == 0
+    got = pd.read_csv(out / "predictions.csv")
+    state = torch.load(cinc_run / "model_best.pth.tar", weights_only=True)
+    names = json.loads((cinc_run / "splits.json").read_text())["class_names"]
+    assert got["record"].tolist() == pred["record"].tolist()
+    for code, name, threshold in zip(state["classes"], names, state["thresholds"], strict=True):
+        title = f"{name} ({code})" if name != code else code
+        np.testing.assert_allclose(got[f"p {title}"], pred[f"p_{code}"], atol=1e-4)
+        assert got[f"label {title}"].tolist() == (got[f"p {title}"] >= threshold).astype(int).tolist()
