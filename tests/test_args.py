@@ -43,12 +43,25 @@ def test_the_parser_imports_nothing_heavy() -> None:
             "print([m for m in ('torch', 'scipy', 'pandas', 'sklearn', 'wfdb') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-    for script in ("commander.py", "driver.py"):
+    for script in ("commander.py", "driver.py", "predict.py"):
         proc = subprocess.run([sys.executable, "-X", "importtime", str(REPO / script), "--help"], cwd=REPO,
                               capture_output=True, text=True)
         assert proc.returncode == 0 and "usage:" in proc.stdout
         imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if "|" in line}
-        assert "json" in imported and not imported & {"torch", "scipy", "pandas", "sklearn", "wfdb"}, script
+        heavy = {"torch", "scipy", "pandas", "sklearn", "wfdb", "numpy", "neurokit2", "edfio"}
+        assert "json" in imported and not imported & heavy, script
+
+
+def test_predict_flag_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    import predict
+
+    for argv in (["x.csv", "--out", str(tmp_path), "--fs", "0"], ["x.csv"], ["x.csv", "--out", str(tmp_path),
+                 "--detector", "nope"], ["x.csv", "--out", str(tmp_path), "--batch-size", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            predict.get_args_parser().parse_args(argv)
+        assert exit_info.value.code == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and err[0].startswith("predict.py: error: "), err
 
 
 def test_the_parser_offers_exactly_the_selectors_names() -> None:

@@ -115,7 +115,10 @@ def plot_strips(path: Path, signal: np.ndarray, fs: float, lead: str, samples: n
         t = np.arange(start, stop) / fs
         ax.plot(t, signal[start:stop], color="black", linewidth=0.7)
         inside = (samples >= start) & (samples < stop)
-        top = float(np.max(signal[start:stop])) if stop > start else 0.0
+        low, top = (float(np.min(signal[start:stop])), float(np.max(signal[start:stop]))) if stop > start else (0, 1)
+        span = max(top - low, 1e-6)
+        ax.set_ylim(low - 0.05 * span, top + 0.25 * span)  # room for the labels above the highest peak
+        top += 0.05 * span
         for s, lab in zip(samples[inside], labels[inside], strict=True):
             name = classes[lab]
             ax.axvline(s / fs, color=COLOURS.get(name, "tab:blue"), alpha=0.35, linewidth=2)
