@@ -6,7 +6,8 @@ Each detector (``loaders.detect.DETECTORS``) runs on the record's MLII lead (lea
 360 Hz. A detection within 150 ms of a reference beat annotation matches it (``toolbox.ec57``); each beat is
 used once. Gross Se = matched / reference beats, +P = matched / detections, pooled over records, on the 44
 non-paced records (the EC57 convention) and on all 48, with ventricular flutter episodes (record 207) left
-out as EC57 does. Time is the median per record (30 min of one lead). Needs ``$ECG_DATA_ROOT/mitdb``.
+out as EC57 does. Time is the median per record (30 min of one lead). ``--align`` scores the detections after
+``predict.py``'s move to the R peak. Needs ``$ECG_DATA_ROOT/mitdb``.
 Prints Markdown.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from loaders import detect, mitdb
 from toolbox import ec57
 
 
-def score(name: str, raw: Path) -> dict[str, object]:
+def score(name: str, raw: Path, align: bool = False) -> dict[str, object]:
     """Per-record matched, reference and detected counts and seconds of one detector on every record."""
     rows = {}
     for record in tqdm(mitdb.RECORDS, desc=name, leave=False):
@@ -37,6 +38,8 @@ def score(name: str, raw: Path) -> dict[str, object]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the libraries warn about short or flat stretches
             peaks = detect.detect(rec.p_signal[:, lead], rec.fs, name)
+            if align:
+                peaks = detect.align(rec.p_signal[:, lead], rec.fs, peaks, detect.ALIGN_BEFORE_S, detect.ALIGN_AFTER_S)
         seconds = time.perf_counter() - start
         peaks = detect.outside(peaks, detect.flutter_episodes(ann.sample, ann.symbol, ann.aux_note, rec.sig_len))
         matched = len(ec57.match_beats(reference, peaks, ec57.MATCH_WINDOW_S * rec.fs)[0])
@@ -53,18 +56,21 @@ def gross(rows: dict[str, tuple], records: list[str]) -> tuple[float, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--detectors", nargs="+", default=list(detect.DETECTORS), choices=list(detect.DETECTORS))
+    p.add_argument("--align", action="store_true",
+                   help="move each detection to the R peak as predict.py does (detect.align), timed with it")
     args = p.parse_args()
     raw = Path(os.environ.get("ECG_DATA_ROOT", "ecg_data")) / "mitdb"
     if mitdb.missing_files(raw):
         p.error(f"{raw} lacks MIT-BIH record files; set ECG_DATA_ROOT to the folder that holds mitdb/")
     non_paced = [r for r in mitdb.RECORDS if r not in mitdb.PACED]
     print(f"# R-peak detectors on MIT-BIH, {time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} CPUs\n")
-    print(f"`python benchmarks/detectors.py --detectors {' '.join(args.detectors)}`\n")
+    align = " --align" if args.align else ""
+    print(f"`python benchmarks/detectors.py --detectors {' '.join(args.detectors)}{align}`\n")
     print("| detector | Se % (44 non-paced) | +P % (44 non-paced) | Se % (48) | +P % (48) | s per record (median) "
           "| most errors: record (missed + extra) |")
     print("|---|---|---|---|---|---|---|")
     for name in args.detectors:
-        rows = score(name, raw)
+        rows = score(name, raw, args.align)
         se, pp = gross(rows, non_paced)
         se48, pp48 = gross(rows, mitdb.RECORDS)
         errors = sorted(rows, key=lambda x: -(rows[x][1] + rows[x][2] - 2 * rows[x][0]))[:3]

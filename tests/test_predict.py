@@ -224,3 +224,28 @@ def test_summary_by_hand() -> None:
     assert s["beats_per_class"]["V"] == 5 and s["ectopic_burden_percent"]["not_N"] == 30.0
     assert s["v_runs"]["count"] == 1 and s["v_runs"]["runs"] == [{"start_s": 5.0, "beats": 3}]
     assert beat_report.strip_windows(samples, labels, 0, fs, 2000, n=1, window_s=10.0) == [0]
+
+
+def test_a_binary_run_of_ours_annotates_with_its_own_classes(excerpt: dict[str, Path], tmp_path: Path) -> None:
+    """--run RUN_DIR: a 2-class ecg_bin run (centered beats, no RR features) writes N and Q (abnormal) beats."""
+    import wfdb
+
+    import commander
+
+    root = tmp_path / "root"
+    flags = ["--dataset", "ecg_bin", "--split", "inter", "--model-name", "cnn1d_3", "--beat-format", "centered",
+             "--short-run", "--epochs", "1", "--root-dir", str(root)]
+    assert commander.main(flags) == 0
+    run = next((root / "ecg_bin" / "runs").iterdir())
+    out = tmp_path / "out"
+    assert predict.main([str(excerpt["wfdb"]), "--out", str(out), "--run", str(run), "--reference", "atr"]) == 0
+    with (out / "208_beats.csv").open() as fh:
+        header = fh.readline().strip().split(",")
+    assert header == ["sample", "time_s", "class", "p_N", "p_abnormal"]
+    assert set(wfdb.rdann(str(out / "208"), predict.ANNOTATION_EXT).symbol) <= {"N", "Q"}
+    summary = json.loads((out / "208_summary.json").read_text())
+    assert summary["model"]["name"] == f"{run.name}/model_best.pth.tar"
+    assert summary["model"]["beat_format"] == "centered"
+    gross = json.loads((out / "ec57.json").read_text())["scores"]["gross"]
+    assert set(gross["classes"]) == {"N", "abnormal"}  # 208's V and F beats are the reference's abnormal ones
+    assert gross["classes"]["abnormal"]["reference"] > 150
