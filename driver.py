@@ -34,14 +34,13 @@ if __name__ == "__main__":  # --help and flag errors answer before the heavy imp
     get_args_parser().parse_args()
 
 import numpy as np
-import torch
 
 import trainer
 from loaders.cinc2020 import list_records, read_folder, write_outputs
 from loaders.dataset import RecordDataset, make_dataloader
 from models import from_checkpoint
 from toolbox import checkpoint
-from toolbox.utils import ECGError, ensure_writable, setup_env
+from toolbox.utils import ECGError, ensure_writable, inference_main, setup_env
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,13 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        with torch.inference_mode():
-            return run(args)
-    except ECGError as exc:
-        print(f"driver.py: error: {exc}", file=sys.stderr)
-        return 2
+    return inference_main("driver.py", get_args_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ from loaders import detect, mitdb, recording
 from loaders.dataset import ECGDataset, RecordDataset, make_dataloader
 from models import from_checkpoint
 from toolbox import beat_report, checkpoint, ec57
-from toolbox.utils import ECGError, ensure_writable, read_json, setup_env, write_json
+from toolbox.utils import ECGError, ensure_writable, inference_main, read_json, setup_env, write_json
 
 
 def load_model(run: Path | None, which: str) -> tuple[dict, Path, str]:
@@ -242,13 +242,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        with torch.inference_mode():
-            return run(args)
-    except ECGError as exc:
-        print(f"predict.py: error: {exc}", file=sys.stderr)
-        return 2
+    return inference_main("predict.py", get_args_parser(), run, argv)
 
 
 if __name__ == "__main__":

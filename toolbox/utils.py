@@ -1,11 +1,13 @@
 """Small helpers shared by several rooms: the project's error type, atomic writes, environment setup."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,3 +106,18 @@ def environment_info() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[lib] = None
     return {"git_commit": commit, "git_dirty": dirty, "libraries": versions}
+
+
+def inference_main(prog: str, parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
+                   argv: Sequence[str] | None) -> int:
+    """An inference entry point (driver.py, predict.py): parse the flags, ``run`` them without autograd, and turn
+    a user error into one line on stderr and exit code 2."""
+    import torch
+
+    args = parser.parse_args(argv)
+    try:
+        with torch.inference_mode():
+            return run(args)
+    except ECGError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
