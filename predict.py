@@ -49,7 +49,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="lead to annotate, by name or index (default: the model's training lead, else MLII, II, "
                         "then the first lead; the choice is printed)")
     p.add_argument("--detector", default="wfdb-gqrs", choices=list(DETECTOR_NAMES),
-                   help="R-peak detector (README, 'R-peak detectors', compares them on MIT-BIH)")
+                   help="R-peak detector (docs/benchmarks.md, 'R-peak detectors', compares them on MIT-BIH)")
     p.add_argument("--reference", default=None, metavar="EXT",
                    help="score the beats against reference annotations <record>.EXT (e.g. atr) and write ec57.json")
     p.add_argument("--overwrite", action="store_true", help="replace outputs already in --out")

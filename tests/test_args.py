@@ -307,3 +307,16 @@ def test_a_recipe_is_its_flags_and_the_command_line_wins() -> None:
         assert tuned.lr == 0.01 and "_lr0.01_" in run_name(tuned)
         hint = naming_flags(tuned)
         assert hint[:2] == ["--recipe", name] and "--lr" in hint and run_name(parse_args(hint)) == run_name(tuned)
+
+
+def test_the_flags_page_is_generated_from_the_parsers() -> None:
+    """docs/flags.md is what ``python -m toolbox.flagsdoc`` prints: every flag of each entry point, as in --help."""
+    from toolbox import flagsdoc
+
+    page = (REPO / "docs" / "flags.md").read_text()
+    assert page == flagsdoc.markdown(), "docs/flags.md is stale: run python -m toolbox.flagsdoc > docs/flags.md"
+    import predict
+
+    for action in predict.get_args_parser()._actions:
+        for option in action.option_strings if action.dest != "help" else []:
+            assert f"`{option}`" in page, option
