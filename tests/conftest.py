@@ -46,10 +46,13 @@ def closed_port() -> int:
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    """$ECG_DATA_ROOT, which must hold the complete MIT-BIH database (mitdb/)."""
+    """$ECG_DATA_ROOT, which must hold the test data: mitdb/, cinc2020/, cinc2021/ and ptbxl/."""
     root = os.environ.get("ECG_DATA_ROOT")
-    if not root or not (Path(root) / "mitdb" / "RECORDS").is_file():
-        pytest.fail(f"ECG_DATA_ROOT must point at a folder holding mitdb/ (got {root!r})")
+    need = ("mitdb/RECORDS", "cinc2020/scoring/weights.csv", "cinc2021/scoring/weights.csv", "ptbxl/ptbxl_database.csv")
+    missing = [n for n in need if not root or not (Path(root) / n).is_file()]
+    if missing:
+        pytest.fail(f"ECG_DATA_ROOT={root!r} lacks {missing[0]}: set ECG_DATA_ROOT to a folder and fill it with "
+                    f"python -m loaders.fetch_test_data")
     return Path(root)
 
 

@@ -42,7 +42,8 @@ PTBXL = ["--dataset", "ptbxl", "--model-name", "cnn1d_3", "--batch-size", "32"]
 def cinc_dir(data_root: Path) -> Path:
     folder = data_root / "cinc2020"
     if not (folder / "scoring" / "weights.csv").is_file():
-        pytest.fail(f"{folder} must hold records/ and scoring/ (the Challenge 2020 data)")
+        pytest.fail(f"{folder} must hold records/ and scoring/ (the Challenge 2020 data): "
+                    f"python -m loaders.fetch_test_data")
     return folder
 
 
