@@ -53,11 +53,16 @@ def gross(rows: dict[str, tuple], records: list[str]) -> tuple[float, float]:
     return m / r, m / d if d else 0.0
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--detectors", nargs="+", default=list(detect.DETECTORS), choices=list(detect.DETECTORS))
     p.add_argument("--align", action="store_true",
                    help="move each detection to the R peak as predict.py does (detect.align), timed with it")
+    return p
+
+
+def main() -> None:
+    p = get_args_parser()
     args = p.parse_args()
     raw = Path(os.environ.get("ECG_DATA_ROOT", "ecg_data")) / "mitdb"
     if mitdb.missing_files(raw):

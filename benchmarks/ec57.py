@@ -65,12 +65,17 @@ def row(name: str, counts: list[dict], classes: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, default=None, help="run folder (default: the shipped model)")
     p.add_argument("--detector", default="wfdb-gqrs", choices=list(DETECTOR_NAMES))
     p.add_argument("--root-dir", type=Path, default=Path("bench_runs"), help="where the beat cache is kept")
     p.add_argument("--save", type=Path, default=None, help="also write the per-record counts to this JSON file")
+    return p
+
+
+def main() -> None:
+    p = get_args_parser()
     args = p.parse_args()
     raw = Path(os.environ.get("ECG_DATA_ROOT", "ecg_data")) / "mitdb"
     if mitdb.missing_files(raw):

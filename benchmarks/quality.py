@@ -301,7 +301,7 @@ def select(candidates: list[str], folds: int, seeds: list[int], root: Path, comm
     print_tables("Selection by cross-validation inside DS1", command, tables, notes, before)
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("configs", nargs="*", help=f"from: {', '.join([*CONFIGS, *ENSEMBLES])}")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -313,6 +313,11 @@ def main() -> None:
                         "cross-validation inside DS1, then train the winner on DS1 and test it on DS2")
     p.add_argument("--folds", type=int, default=4, help="--select: record-level folds of DS1")
     p.add_argument("--list", action="store_true", help="print the configurations and their flags")
+    return p
+
+
+def main() -> None:
+    p = get_args_parser()
     args = p.parse_args()
     if args.list or not args.configs:
         for name, flags in CONFIGS.items():

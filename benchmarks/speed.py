@@ -66,12 +66,17 @@ def inference(model: torch.nn.Module, data, batch: int = 1024) -> float:
     return len(data) / (time.perf_counter() - start)
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["cnn1d_3", "resnet1d_10"])
     p.add_argument("--batches", type=int, default=60, help="training batches per timed run")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--rounds", type=int, default=3, help="timed runs of each loop (alternating)")
+    return p
+
+
+def main() -> None:
+    p = get_args_parser()
     args = p.parse_args()
     raw = Path(os.environ.get("ECG_DATA_ROOT", "ecg_data")) / "mitdb"
     with tempfile.TemporaryDirectory() as tmp:
