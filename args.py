@@ -39,7 +39,7 @@ MIN_WINDOW = 16  # samples in a record window (--fs x --seq-len); every model ac
 # --recipe NAME: a published configuration as one flag. It expands to these flags, written before the
 # command line's own (which win where they repeat one); config.json records the name and every flag.
 RECIPES: dict[str, list[str]] = {
-    # chosen by cross-validation inside DS1 (benchmarks/quality.py --select; README, Results)
+    # chosen by cross-validation inside DS1 (benchmarks/quality.py --select; docs/benchmarks.md)
     "mitbih-inter": ["--dataset", "ecg", "--split", "inter", "--model-name", "cnn1d_3", "--rr-features",
                      "--beat-format", "filtered", "--median-beat"],
 }
