@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks import mitdb_folder
 from loaders import detect, mitdb
 from toolbox import ec57
 
@@ -64,9 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main() -> None:
     p = get_args_parser()
     args = p.parse_args()
-    raw = Path(os.environ.get("ECG_DATA_ROOT", "ecg_data")) / "mitdb"
-    if mitdb.missing_files(raw):
-        p.error(f"{raw} lacks MIT-BIH record files; set ECG_DATA_ROOT to the folder that holds mitdb/")
+    raw = mitdb_folder(p)
     non_paced = [r for r in mitdb.RECORDS if r not in mitdb.PACED]
     print(f"# R-peak detectors on MIT-BIH, {time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} CPUs\n")
     align = " --align" if args.align else ""

@@ -25,6 +25,7 @@ import torch
 
 import predict
 import trainer
+from benchmarks import mitdb_folder
 from loaders import DETECTOR_NAMES, mitdb
 from loaders.dataset import make_dataloader
 from models import from_checkpoint
@@ -77,9 +78,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main() -> None:
     p = get_args_parser()
     args = p.parse_args()
-    raw = Path(os.environ.get("ECG_DATA_ROOT", "ecg_data")) / "mitdb"
-    if mitdb.missing_files(raw):
-        p.error(f"{raw} lacks MIT-BIH record files; set ECG_DATA_ROOT to the folder that holds mitdb/")
+    raw = mitdb_folder(p)
     state, path, name = predict.load_model(args.run, "best")
     if state["args"]["dataset"] not in predict.BEAT_DATASETS:
         p.error(f"{path} is not a beat model (--dataset ecg or ecg_bin)")
