@@ -16,6 +16,7 @@ recording, each class's probability and label at the checkpoint's validation thr
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -93,6 +94,12 @@ def load_model(run: Path | None, which: str) -> tuple[dict, Path, str]:
     return state, path, name
 
 
+def output_name(path: Path) -> str:
+    """The record name of ``path``'s outputs: its stem, with characters WFDB does not allow in a record name
+    (anything but letters, digits, - and _) replaced by _."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", path.stem)
+
+
 def planned_outputs(names: list[str], beat_model: bool, reference: str | None) -> list[str]:
     """Every file this call writes in the output folder."""
     if not beat_model:
@@ -123,8 +130,11 @@ def annotate(rec: recording.Recording, state: dict, model: torch.nn.Module, devi
     if not np.isfinite(signal).all():
         raise ECGError(f"{rec.path}: lead {rec.leads[lead]} holds missing (NaN) or infinite samples; fill or cut "
                        f"them out first")
-    peaks = detect.align(signal, fs, detect.detect(signal, fs, args.detector), detect.ALIGN_BEFORE_S,
-                         detect.ALIGN_AFTER_S)
+    try:
+        peaks = detect.align(signal, fs, detect.detect(signal, fs, args.detector), detect.ALIGN_BEFORE_S,
+                             detect.ALIGN_AFTER_S)
+    except ECGError as exc:
+        raise ECGError(f"{rec.path}: {exc}") from None
     if len(peaks) == 0:
         raise ECGError(f"{rec.path}: {args.detector} found no beats in lead {rec.leads[lead]}; check the lead "
                        f"(--lead) and --fs")
@@ -160,6 +170,7 @@ def run_beats(args: argparse.Namespace, paths: list[Path], state: dict, model: t
     for path in tqdm(paths, desc="annotate", unit="recording", disable=None if len(paths) > 1 else True):
         start = time.perf_counter()
         rec = recording.read_recording(path, args.fs)
+        rec.name = output_name(path)
         result = annotate(rec, state, model, device, args)
         samples, labels, fs = result["samples"], result["labels"], result["fs"]
         beat_report.write_beats_csv(args.out / f"{rec.name}_beats.csv", samples, fs, labels, result["probs"],
@@ -222,8 +233,8 @@ def run_records(args: argparse.Namespace, paths: list[Path], state: dict, model:
 def run(args: argparse.Namespace) -> int:
     state, path, name = load_model(args.run, args.checkpoint)
     beat_model = state["args"]["dataset"] in BEAT_DATASETS
-    paths = recording.list_inputs(args.inputs)
-    names = [p.stem for p in paths]
+    paths = recording.list_inputs(args.inputs, skip=("_beats.csv", "predictions.csv"))
+    names = [output_name(p) for p in paths]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice and beat_model:
         raise ECGError(f"two inputs are both named {twice[0]}; their outputs would collide: annotate them in "

@@ -52,17 +52,24 @@ def at_reference_peaks(state: dict, path: Path, raw: Path, cache: Path) -> dict[
             for r in np.unique(records)}
 
 
+def scored_classes(classes: list[str]) -> tuple[str, ...]:
+    """N, S, V and F for a 5-class model; a binary model's own classes (N, abnormal)."""
+    return SCORED if all(c in classes for c in SCORED) else tuple(classes)
+
+
 def row(name: str, counts: list[dict], classes: list[str]) -> str:
-    s = ec57.scores(ec57.pool(counts), classes, SCORED)
-    ci = ec57.bootstrap(counts, classes, SCORED)
+    scored = scored_classes(classes)
+    s = ec57.scores(ec57.pool(counts), classes, scored)
+    ci = ec57.bootstrap(counts, classes, scored)
 
     def cell(key: str, value: float | None) -> str:
         return "-" if value is None else f"{value:.3f} [{ci[key][0]:.3f}, {ci[key][1]:.3f}]"
 
     q = s["qrs"]
     cells = [name, f"{q['reference']:,}", f"{100 * q['se']:.2f}", f"{100 * q['+p']:.2f}"]
-    cells += [cell(f"{c} {m}", s["classes"][c][m]) for c in ("S", "V") for m in ("se", "+p", "f1")]
-    cells += [cell(f"{c} f1", s["classes"][c]["f1"]) for c in ("N", "F")]
+    cells += [cell(f"{c} {m}", s["classes"][c][m]) if c in scored else "-" for c in ("S", "V")
+              for m in ("se", "+p", "f1")]
+    cells += [cell(f"{c} f1", s["classes"][c]["f1"]) if c in scored else "-" for c in ("N", "F")]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -101,9 +108,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(row(f"detected peaks (`{args.detector}`, end to end)", [e2e[r] for r in mitdb.DS2], classes))
     print(row("reference R peaks (`--test`)", [reference[r] for r in mitdb.DS2], classes))
-    a = ec57.scores(ec57.pool([e2e[r] for r in mitdb.DS2]), classes, SCORED)["classes"]
-    b = ec57.scores(ec57.pool([reference[r] for r in mitdb.DS2]), classes, SCORED)["classes"]
-    diff = ", ".join(f"{c} F1 {a[c]['f1'] - b[c]['f1']:+.3f}" for c in ("S", "V")
+    scored = scored_classes(classes)
+    a = ec57.scores(ec57.pool([e2e[r] for r in mitdb.DS2]), classes, scored)["classes"]
+    b = ec57.scores(ec57.pool([reference[r] for r in mitdb.DS2]), classes, scored)["classes"]
+    diff = ", ".join(f"{c} F1 {a[c]['f1'] - b[c]['f1']:+.3f}" for c in scored if c != "N"
                      if a[c]["f1"] is not None and b[c]["f1"] is not None)
     print(f"\nEnd to end minus reference peaks: {diff}.")
     values = sorted(seconds.values())
@@ -111,9 +119,9 @@ def main() -> None:
     print(f"Seconds per 30-min two-lead record (read, detect, classify, write the four files): median "
           f"{median:.2f}, max {values[-1]:.2f} ({1805.6 / median:.0f}x real time).")
     print("\nEnd to end, per record:\n")
-    rows = {r: ec57.scores(e2e[r], classes, SCORED) for r in mitdb.DS2}
-    rows["gross"] = ec57.scores(ec57.pool(list(e2e.values())), classes, SCORED)
-    print(ec57.table(rows, SCORED))
+    rows = {r: ec57.scores(e2e[r], classes, scored) for r in mitdb.DS2}
+    rows["gross"] = ec57.scores(ec57.pool(list(e2e.values())), classes, scored)
+    print(ec57.table(rows, scored))
     if args.save:
         write_json(args.save, {"model": name, "detector": args.detector, "classes": classes,
                                "end_to_end": {r: {k: v.tolist() for k, v in c.items()} for r, c in e2e.items()},

@@ -57,7 +57,11 @@ def detect(signal: np.ndarray, fs: float, method: str) -> np.ndarray:
     signal = np.asarray(signal, dtype=np.float64)
     if signal.ndim != 1 or not np.isfinite(signal).all():
         raise ECGError("R-peak detection needs one lead of finite values")
-    peaks = np.unique(DETECTORS[method](signal, fs))
+    try:
+        peaks = np.unique(DETECTORS[method](signal, fs))
+    except Exception as exc:  # the libraries raise many types, e.g. for a rate they do not support
+        detail = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise ECGError(f"{method} failed at {fs:g} Hz ({detail}); check --fs, or try another --detector") from None
     return peaks[(peaks >= 0) & (peaks < len(signal))]
 
 

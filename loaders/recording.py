@@ -38,15 +38,20 @@ class Recording:
     leads: list[str]
 
 
-def list_inputs(inputs: list[str]) -> list[Path]:
-    """Input files from paths, folders and glob patterns: a WFDB record counts once (its ``.hea``)."""
+def list_inputs(inputs: list[str], skip: tuple[str, ...] = ()) -> list[Path]:
+    """Input files from paths, folders and glob patterns: a WFDB record counts once (its ``.hea``); files of
+    folders and patterns whose names end with one of ``skip`` (outputs of an earlier call) are left out."""
     found: list[Path] = []
+
+    def wanted(p: Path) -> bool:
+        return p.suffix.lower() in FORMATS and not p.name.endswith(skip)
+
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in FORMATS)
+            found += sorted(p for p in path.iterdir() if wanted(p))
         elif any(ch in text for ch in "*?["):
-            found += sorted(Path(p) for p in glob.glob(text) if Path(p).suffix.lower() in FORMATS)
+            found += sorted(Path(p) for p in glob.glob(text) if wanted(Path(p)))
         elif path.suffix.lower() not in FORMATS and path.with_name(path.name + ".hea").is_file():
             found.append(path.with_name(path.name + ".hea"))  # a WFDB record named without its extension
         elif path.is_file():
@@ -94,7 +99,7 @@ def read_recording(path: Path, fs: float | None = None) -> Recording:
 def _read_wfdb(path: Path) -> Recording:
     import wfdb
 
-    if path.with_suffix(".mat").is_file():  # a PhysioNet/CinC Challenge record: the reader training uses
+    if path.with_suffix(".mat").is_file() and _is_challenge_header(path):  # the reader training uses
         from loaders import cinc2020
 
         header = cinc2020.read_header(path, need_dx=False)
@@ -106,6 +111,12 @@ def _read_wfdb(path: Path) -> Recording:
         raise ECGError(f"{path}: the record holds no signal")
     return Recording(path.stem, path, [rec.p_signal[:, i].astype(np.float64) for i in range(rec.n_sig)],
                      [float(rec.fs)] * rec.n_sig, list(rec.sig_name))
+
+
+def _is_challenge_header(path: Path) -> bool:
+    """A PhysioNet/CinC Challenge header: twelve signals in a MATLAB file of the same name."""
+    first = path.read_text(errors="replace").split("\n", 1)[0].split()
+    return len(first) >= 2 and first[1] == "12" and first[0].removesuffix(".mat") == path.stem
 
 
 def _read_edf(path: Path) -> Recording:
@@ -120,13 +131,13 @@ def _read_edf(path: Path) -> Recording:
 
 
 def _read_csv(path: Path, fs: float) -> Recording:
-    with path.open() as fh:
+    with path.open(encoding="utf-8-sig") as fh:  # a byte-order mark (Excel) is not part of the first name
         header = fh.readline().strip()
     names = [n.strip().strip('"') for n in re.split(r"[,;\t]", header)]
     if not header or all(_is_number(n) for n in names):
         raise ECGError(f"{path}: the first row must name the leads (e.g. MLII,V5), one column per lead")
     delimiter = next((d for d in (",", ";", "\t") if d in header), ",")
-    values = np.loadtxt(path, delimiter=delimiter, skiprows=1, ndmin=2, dtype=np.float64)
+    values = np.loadtxt(path, delimiter=delimiter, skiprows=1, ndmin=2, dtype=np.float64, encoding="utf-8-sig")
     if values.shape[1] != len(names):
         raise ECGError(f"{path}: the header names {len(names)} leads but the rows hold {values.shape[1]} values")
     return Recording(path.stem, path, [values[:, i] for i in range(len(names))], [float(fs)] * len(names), names)
@@ -162,11 +173,13 @@ def choose_lead(rec: Recording, wanted: str | None, trained: str) -> tuple[int, 
     """The lead to use and why: ``wanted`` (a name or index) when given, else the model's training lead, then
     MLII, then II, then the first lead. A ``wanted`` lead the recording lacks is an ECGError."""
     names = [_norm(n) for n in rec.leads]
-    if wanted is not None:
-        if _norm(wanted) in names:
-            return names.index(_norm(wanted)), "--lead"
+    if wanted is not None:  # an exact name, then an index, then a name compared loosely
+        if wanted in rec.leads:
+            return rec.leads.index(wanted), "--lead"
         if wanted.isdigit() and int(wanted) < len(rec.leads):
             return int(wanted), "--lead"
+        if _norm(wanted) in names:
+            return names.index(_norm(wanted)), "--lead"
         raise ECGError(f"{rec.path}: no lead {wanted!r}; it holds {', '.join(rec.leads)} (give one of these "
                        f"names, or an index from 0, to --lead)")
     for i, candidate in enumerate(dict.fromkeys([trained, *FALLBACK_LEADS])):
@@ -176,11 +189,14 @@ def choose_lead(rec: Recording, wanted: str | None, trained: str) -> tuple[int, 
 
 
 def reference_file(path: Path, ext: str) -> Path:
-    """The reference annotation file ``<record>.<ext>`` beside ``path``; an ECGError when it is absent."""
+    """The reference annotation file ``<record>.<ext>`` beside ``path``; an ECGError when it is absent or cut short."""
     file = path.with_suffix(f".{ext}")
     if not file.is_file():
         raise ECGError(f"{path}: no reference annotations {file.name}; give --reference the extension of its "
                        f"annotation file (e.g. atr), or leave --reference out")
+    raw = file.read_bytes()
+    if len(raw) < 2 or raw[-2:] != b"\x00\x00":
+        raise ECGError(f"{file} is truncated or not a WFDB annotation file (no end marker); check the file")
     return file
 
 

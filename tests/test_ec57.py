@@ -46,3 +46,13 @@ def test_class_scores_on_matched_beats_and_gross_counts_sum_records() -> None:
     assert s["qrs"]["se"] == 1.0 and s["qrs"]["+p"] == 1.0
     assert s["classes"]["V"]["se"] == 2 / 3 and s["classes"]["V"]["+p"] == 1.0
     assert s["classes"]["N"]["+p"] == 1 / 2 and abs(s["classes"]["V"]["f1"] - 0.8) < 1e-12
+
+
+def test_a_beat_labelled_with_an_unscored_class_counts_against_the_scored_ones() -> None:
+    # ten V beats, five of them labelled Q: V sensitivity is 5/10, not 5/5
+    ref = np.arange(10) * 1000
+    counts = ec57.compare(ref, np.full(10, 2), ref, np.array([2] * 5 + [4] * 5), 1000, 5)
+    s = ec57.scores(counts, CLASSES)
+    assert s["classes"]["V"]["se"] == 0.5 and s["classes"]["V"]["+p"] == 1.0
+    assert s["classes"]["F"] == {"se": None, "+p": None, "f1": None, "reference": 0, "detected": 0, "missed": 0,
+                                 "extra": 0}  # nothing to count: no score, not 0

@@ -193,6 +193,16 @@ def test_bad_input_is_one_line_and_nothing_is_overwritten(excerpt: dict[str, Pat
     np.save(tmp_path / "flat.npy", np.zeros(3600))
     assert "found no beats" in user_error([str(tmp_path / "flat.npy"), "--out", str(out), "--fs", "360"], capsys)
     assert "no such file" in user_error([str(tmp_path / "absent.edf"), "--out", str(out)], capsys)
+    noise = np.random.default_rng(0).normal(size=500)
+    np.save(tmp_path / "slow.npy", noise)  # 10 s at 50 Hz: below what gqrs handles
+    assert "wfdb-gqrs failed at 50 Hz" in user_error([str(tmp_path / "slow.npy"), "--out", str(out), "--fs", "50"],
+                                                     capsys)
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    for ext in (".hea", ".dat"):
+        (cut / f"208{ext}").write_bytes(excerpt["wfdb"].with_suffix(ext).read_bytes())
+    (cut / "208.atr").write_bytes(excerpt["wfdb"].with_suffix(".atr").read_bytes()[:100])
+    assert "truncated" in user_error([str(cut / "208"), "--out", str(out), "--reference", "atr"], capsys)
     assert "no reference annotations" in user_error([csv_file, "--out", str(out), "--fs", "128",
                                                      "--reference", "atr"], capsys)
     # a run of another dataset family (the Kaggle PTB beats): refused before anything is read
@@ -249,3 +259,14 @@ def test_a_binary_run_of_ours_annotates_with_its_own_classes(excerpt: dict[str, 
     gross = json.loads((out / "ec57.json").read_text())["scores"]["gross"]
     assert set(gross["classes"]) == {"N", "abnormal"}  # 208's V and F beats are the reference's abnormal ones
     assert gross["classes"]["abnormal"]["reference"] > 150
+
+
+def test_names_wfdb_refuses_are_made_safe_and_earlier_outputs_are_not_read_as_inputs(excerpt: dict[str, Path],
+                                                                                        tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "my rec.2024.csv").write_bytes(excerpt["csv"].read_bytes())
+    assert predict.main([str(folder), "--out", str(folder), "--fs", "128"]) == 0
+    assert (folder / "my_rec_2024.pred").is_file() and (folder / "my_rec_2024_beats.csv").is_file()
+    # the folder now holds my_rec_2024_beats.csv too: a second call annotates the recording only
+    assert predict.main([str(folder), "--out", str(folder), "--fs", "128", "--overwrite"]) == 0

@@ -13,8 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from toolbox.metrics import confusion_scores
-
 MATCH_WINDOW_S = 0.150
 
 
@@ -71,23 +69,29 @@ def pool(counts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {key: sum(c[key] for c in counts) for key in ("confusion", "missed", "extra")}
 
 
+def _ratio(num: float, den: float) -> float | None:
+    return float(num / den) if den else None
+
+
 def scores(counts: dict[str, Any], classes: Sequence[str], scored: Sequence[str] = ("N", "S", "V", "F")) -> dict:
-    """QRS Se and +P, and per class in ``scored`` Se, +P and F1 on the matched beats, with missed and extra beats."""
+    """QRS Se and +P, and per class in ``scored`` Se, +P and F1 on the matched beats (over every class of the
+    confusion matrix, so a beat labelled with an unscored class still counts as missed), with missed and extra
+    beats. A score without beats to count (no reference beats of the class for Se, none detected for +P) is None."""
     confusion = np.asarray(counts["confusion"])
     matched = int(confusion.sum())
     missed, extra = int(np.sum(counts["missed"])), int(np.sum(counts["extra"]))
-    keep = [classes.index(c) for c in scored]
-    s = confusion_scores(confusion[np.ix_(keep, keep)])
+    out = {}
+    for c in scored:
+        i = classes.index(c)
+        tp, row, col = confusion[i, i], confusion[i].sum(), confusion[:, i].sum()
+        out[c] = {"se": _ratio(tp, row), "+p": _ratio(tp, col), "f1": _ratio(2 * tp, row + col),
+                  "reference": int(row + counts["missed"][i]), "detected": int(col + counts["extra"][i]),
+                  "missed": int(counts["missed"][i]), "extra": int(counts["extra"][i])}
     return {
         "qrs": {"se": matched / (matched + missed) if matched + missed else 0.0,
                 "+p": matched / (matched + extra) if matched + extra else 0.0,
                 "reference": matched + missed, "detected": matched + extra, "missed": missed, "extra": extra},
-        "classes": {c: {"se": float(s["recall"][i]), "+p": float(s["precision"][i]),
-                        "f1": None if np.isnan(s["f1"][i]) else float(s["f1"][i]),
-                        "reference": int(confusion[keep[i]].sum() + counts["missed"][keep[i]]),
-                        "detected": int(confusion[:, keep[i]].sum() + counts["extra"][keep[i]]),
-                        "missed": int(counts["missed"][keep[i]]), "extra": int(counts["extra"][keep[i]])}
-                    for i, c in enumerate(scored)},
+        "classes": out,
     }
 
 
@@ -106,8 +110,7 @@ def table(rows: dict[str, dict[str, Any]], scored: Sequence[str] = ("N", "S", "V
         cells = [name, str(q["reference"]), _pct(q["se"]), _pct(q["+p"]), str(q["missed"]), str(q["extra"])]
         for c in scored:
             k = s["classes"][c]
-            empty = k["reference"] == 0 and k["detected"] == 0
-            cells += ["-", "-", "-"] if empty else [_pct(k["se"]), _pct(k["+p"]), _pct(k["f1"])]
+            cells += [_pct(k["se"]), _pct(k["+p"]), _pct(k["f1"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
