@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from loaders import BEAT_FORMAT_NAMES, DATASETS
+from loaders import BEAT_FORMAT_NAMES, DATASETS, LEAD_SETS
 from models import MODELS
 from toolbox.utils import ECGError
 
@@ -128,6 +128,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="ecg: MIT-BIH beats, 5 AAMI classes (N S V F Q); ecg_bin: N versus the rest; "
                         "ptb: PTB Diagnostic beats (Kaggle CSVs), normal versus abnormal; cinc2020: "
                         "PhysioNet/CinC Challenge 2020 twelve-lead records, 24 scored classes, multi-label; "
+                        "cinc2021: the same records scored as in the 2021 Challenge (26 classes, its reward table); "
                         "ptbxl: PTB-XL twelve-lead records, 5 diagnostic superclasses, multi-label")
     g.add_argument("--root-dir", default=Path("ecg_data"), type=Path,
                    help="where runs and caches are written; raw databases are read from $ECG_DATA_ROOT/<db> "
@@ -152,6 +153,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     g.add_argument("--fs", default=None, type=POSITIVE_INT,
                    help="cinc2020, ptbxl: resample records to this rate in Hz (default: cinc2020 500, ptbxl 100)")
+    g.add_argument("--leads", default=12, type=int, choices=list(LEAD_SETS),
+                   help="cinc2020, cinc2021: the Challenge 2021 lead subsets: 12, 6 (I, II, III, aVR, aVL, aVF), "
+                        "4 (I, II, III, V2), 3 (I, II, V2) or 2 (I, II); the model's input channels follow")
     g.add_argument("--seq-len", default=10.0, type=POSITIVE,
                    help="cinc2020, ptbxl: window length in seconds (random crops for training, sliding windows "
                         "averaged for evaluation; shorter records are zero-padded)")
@@ -195,6 +199,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--override", default=[], nargs="+", type=override, metavar="NAME=VALUE",
                    help="with --resume: change a training setting of the run deliberately, e.g. lr=1e-4 to extend "
                         f"it at a lower rate ({', '.join(OVERRIDABLE)}); recorded in config.json and the checkpoints")
+    g.add_argument("--allow-world-size-change", action="store_true",
+                   help="with --resume under torchrun: continue a run with another number of processes than it was "
+                        "trained with (the order of examples then differs from an uninterrupted run)")
     g.add_argument("--test", action="store_true",
                    help="evaluate a trained run on the test split and write pred/ (loads --resume, default best)")
     g.add_argument("--bootstrap", default=1000, type=NON_NEGATIVE_INT, metavar="N",
@@ -296,6 +303,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     elif args.split not in spec.splits:
         parser.error(f"--split {args.split} is not a split of --dataset {args.dataset}; "
                      f"valid: {', '.join(spec.splits)}")
+    if "leads" in given and not spec.lead_sets:
+        parser.error(f"--leads picks Challenge 2021 lead subsets (cinc2020, cinc2021), not leads of {args.dataset}")
     _check_folds(parser, args)
     _check_optimisation(parser, args, given)
     if spec.multilabel:
@@ -306,8 +315,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--dataset {args.dataset} is multi-label: use --criterion bce, not {args.criterion}")
         if args.sampler:
             parser.error(f"--sampler draws single-label classes; for --dataset {args.dataset} use --class-balance")
-        if args.threshold_metric == "challenge" and args.dataset != "cinc2020":
-            parser.error("--threshold-metric challenge needs the Challenge 2020 reward table (--dataset cinc2020)")
+        if args.threshold_metric == "challenge" and not spec.lead_sets:
+            parser.error("--threshold-metric challenge needs a Challenge reward table (--dataset cinc2020 or cinc2021)")
         if args.data_url:
             parser.error(f"--data-url is for the databases that download themselves (MIT-BIH, ptb), not "
                          f"{args.dataset}")
@@ -331,7 +340,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def default_threshold_metric(dataset: str) -> str:
-    return "challenge" if dataset == "cinc2020" else "f1"
+    return "challenge" if DATASETS[dataset].lead_sets else "f1"
 
 
 def _check_folds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -356,6 +365,8 @@ def _check_optimisation(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error(f"--lr-decay applies to {', '.join(USES_DECAY)}, not {args.scheduler}")
     if args.scheduler == "ReduceLROnPlateau" and args.lr_decay >= 1:
         parser.error("--lr-decay must be below 1 for ReduceLROnPlateau")
+    if args.allow_world_size_change and not args.resume:
+        parser.error("--allow-world-size-change continues a run (with --resume)")
     if args.start_epoch is not None and not args.resume:
         parser.error("--start-epoch confirms where a resumed run continues (with --resume); a new run starts at "
                      "epoch 0")
@@ -419,6 +430,8 @@ def name_parts(args: argparse.Namespace) -> list[str]:
     parts.append(args.criterion)
     if args.fs is not None:  # record datasets: what a window is
         parts.append(f"{args.fs}hz-{args.seq_len:g}s")
+    if args.leads != d.leads:
+        parts.append(f"leads{args.leads}")
     if args.threshold_metric is not None and args.threshold_metric != default_threshold_metric(args.dataset):
         parts.append(f"thr-{args.threshold_metric}")
     if args.class_balance:
@@ -446,7 +459,7 @@ def run_name(args: argparse.Namespace) -> str:
 
 
 # flags a user repeats to find a run again (--root-dir and the flags of name_parts)
-NAMING = ("root_dir", "model_name", "split", "folds", "fold", "split_seed", "fs", "seq_len", "optimizer", "lr",
+NAMING = ("root_dir", "model_name", "split", "folds", "fold", "split_seed", "fs", "seq_len", "leads", "optimizer", "lr",
           "momentum", "weight_decay", "batch_size", "scheduler", "step", "lr_decay", "criterion", "class_balance",
           "sampler", "threshold_metric", "label_smoothing", "beat_format", "pretrained")
 SWITCHES = ("median_beat", "rr_features")

@@ -144,6 +144,8 @@ def build_data(args: argparse.Namespace, spec: DatasetSpec, run_dir: Path | None
     manifest = read_json(splits_file) if splits_file is not None and splits_file.is_file() else None
     raw = raw_dir(spec.db, args.root_dir)
     extra: dict[str, Any] = {"fs": args.fs, "seq_len": args.seq_len} if spec.multilabel else {}
+    if spec.lead_sets:
+        extra["leads"] = args.leads
     if spec.db == "mitdb":  # the beat options (the parser refuses them for the other datasets)
         extra = {"rr_features": args.rr_features, "beat_format": args.beat_format, "median_beat": args.median_beat,
                  "folds": args.folds, "fold": args.fold}

@@ -218,8 +218,8 @@ def run_records(args: argparse.Namespace, paths: list[Path], state: dict, model:
     for path in tqdm(paths, desc="read", unit="recording", disable=None if len(paths) > 1 else True):
         rec = recording.read_recording(path, args.fs)
         signals.append(recording.twelve_leads(rec, leads, prep["fs"]))
-    data = RecordDataset(signals, np.zeros((len(paths), len(classes)), dtype=np.float32), classes, prep["window"],
-                         random_crop=False, stride=prep["stride"])
+    data = RecordDataset.from_signals(signals, np.zeros((len(paths), len(classes)), dtype=np.float32), classes,
+                                      prep["window"], stride=prep["stride"])
     probs = trainer.predict(model, make_dataloader(data, args.batch_size), device,
                             amp=bool((state.get("args") or {}).get("amp")))
     manifest = args.run / "splits.json" if args.run is not None else None

@@ -22,6 +22,8 @@ SOURCES = {"A": "CPSC 2018", "Q": "CPSC-Extra", "I": "St Petersburg INCART", "S"
 # --beat-format values; their extraction parameters are ``loaders.mitdb.BEAT_FORMATS`` (same names, same order)
 BEAT_FORMAT_NAMES = ("kaggle", "centered", "filtered")
 # R-peak detectors of ``loaders.detect.DETECTORS`` (named here so that --help imports nothing heavy)
+CHALLENGE_SPLITS = ("records", *(f"source-{s}" for s in SOURCES))
+LEAD_SETS = (12, 6, 4, 3, 2)  # the Challenge 2021 lead subsets (loaders.cinc2020.LEAD_SETS names their leads)
 DETECTOR_NAMES = ("nk-neurokit", "nk-pantompkins1985", "nk-hamilton2002", "nk-elgendi2010", "nk-kalidas2017",
                   "nk-rodrigues2021", "wfdb-gqrs", "wfdb-xqrs")
 
@@ -47,6 +49,7 @@ class DatasetSpec:
     build: Callable[..., Any]  # (raw_dir, cache_dir, *, split_seed, protocol, saved_manifest, ...) -> DataSplits
     splits: tuple[str, ...]
     fs: int | None = None  # default --fs of a record dataset
+    lead_sets: tuple[int, ...] = ()  # --leads values (the Challenge 2021 subsets); the builder then takes ``leads``
 
     @property
     def multilabel(self) -> bool:
@@ -57,8 +60,9 @@ DATASETS: dict[str, DatasetSpec] = {
     "ecg": DatasetSpec("mitdb", _lazy("mitdb", "build_beats", binary=False), ("intra", "inter")),
     "ecg_bin": DatasetSpec("mitdb", _lazy("mitdb", "build_beats", binary=True), ("intra", "inter")),
     "ptb": DatasetSpec("ptbdb", _lazy("kaggle", "build_ptb"), ("intra",)),
-    "cinc2020": DatasetSpec("cinc2020", _lazy("cinc2020", "build"), ("records", *(f"source-{s}" for s in SOURCES)),
-                            fs=500),
+    "cinc2020": DatasetSpec("cinc2020", _lazy("cinc2020", "build"), CHALLENGE_SPLITS, fs=500, lead_sets=LEAD_SETS),
+    "cinc2021": DatasetSpec("cinc2021", _lazy("cinc2020", "build", release=2021), CHALLENGE_SPLITS, fs=500,
+                            lead_sets=LEAD_SETS),
     "ptbxl": DatasetSpec("ptbxl", _lazy("ptbxl", "build"), ("folds",), fs=100),
 }
 

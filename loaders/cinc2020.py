@@ -1,10 +1,15 @@
-"""PhysioNet/CinC Challenge 2020 twelve-lead records: Challenge-format headers and signals, scored labels, outputs.
+"""PhysioNet/CinC Challenge 2020 and 2021 twelve-lead records: Challenge-format headers and signals, scored labels,
+outputs.
 
 A record is ``X.hea`` (WFDB header; ``#Dx:`` lists SNOMED CT codes) and ``X.mat`` (``val``: leads x samples,
 integers). Amplitudes become mV through each lead's gain and baseline. Labels are the scored classes of
-``scoring/dx_mapping_scored.csv``; classes the Challenge scores as one (``a|b`` column headers of
-``weights.csv``, or two classes with weight 1 between them) are merged into the first one. Unscored codes
-are ignored. The scoring tables are read from the data folder, never copied into code.
+``scoring/weights.csv``; classes the Challenge scores as one (``a|b`` headers of ``weights.csv``, and in the
+2020 release also two classes with weight 1 between them and identical rows) are merged into the first one.
+Unscored codes are ignored. The scoring tables are read from the data folder, never copied into code.
+
+Records are cached once at the training rate in a memory-mapped int16 array (:mod:`loaders.mapped`); the
+labels are applied from the scoring tables at every load, so a new table needs no new cache. ``--leads``
+(2021) picks the Challenge 2021 lead subsets from the cached twelve.
 """
 from __future__ import annotations
 
@@ -20,20 +25,32 @@ import pandas as pd
 import scipy.io
 from tqdm import tqdm
 
-from loaders.dataset import DataSplits, RecordDataset, cached_arrays, fingerprint, multilabel_holdout
+from loaders.dataset import DataSplits, RecordDataset, fingerprint, multilabel_holdout, resampled_length
 from loaders.dataset import resample as resample_signal
+from loaders.mapped import Plan, RecordStore, cached_records, to_counts, to_mv
 from toolbox.utils import ECGError, atomic_write
 
 log = logging.getLogger(__name__)
 
 LEADS = ["I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+# the Challenge 2021 lead subsets (--leads N)
+LEAD_SETS = {12: LEADS, 6: ["I", "II", "III", "AVR", "AVL", "AVF"], 4: ["I", "II", "III", "V2"], 3: ["I", "II", "V2"],
+             2: ["I", "II"]}
 NORMAL_CODE = "426783006"  # sinus rhythm: the class an "always normal" classifier answers
 TEST_FRAC, VAL_FRAC = 0.2, 0.2  # of all records; of the rest
+# sources with several records of one patient (the headers name no patient, so a records split may put one
+# patient's records on both sides): PTB (S, 549 records of 290 patients), PTB-XL (HR, 21,837 of 18,885) and
+# St Petersburg INCART (I, 75 records of 32 patients)
+SEVERAL_PER_PATIENT = ("S", "HR", "I")
+
+
 def files_hint(folder: Path) -> str:
     """What to put where when records are missing (nothing is downloaded for this database)."""
     return (f"put Challenge-format records (X.hea + X.mat) in {folder}; they are the PhysioNet/CinC Challenge "
             f"2020-2021 training data at physionet.org/content/challenge-2021")
-CACHE_VERSION = 1
+
+
+CACHE_VERSION = 2  # 2: one memory-mapped int16 array of every record (loaders.mapped)
 
 
 @dataclass(frozen=True)
@@ -122,8 +139,23 @@ def read_header(path: Path, need_dx: bool = True) -> Header:
                   [c.strip() for c in dx.split(",") if c.strip()])
 
 
-def read_signal(folder: Path, header: Header) -> np.ndarray:
-    """The record's twelve leads in the standard order, in mV, as float32 (12, samples)."""
+def lead_order(header: Header, folder: Path, leads: list[str] = LEADS) -> list[int]:
+    """Where each of ``leads`` sits in the record; a missing lead is an ECGError."""
+    missing = [lead for lead in leads if lead not in header.leads]
+    if missing:
+        need = "twelve leads are needed" if leads == LEADS else f"the model reads {', '.join(leads)}"
+        raise ECGError(f"{folder / header.record}.hea lacks lead(s) {', '.join(missing)}; {need}")
+    return [header.leads.index(lead) for lead in leads]
+
+
+def scale(header: Header, order: list[int]) -> np.ndarray:
+    """mV per count of the leads ``order``."""
+    return (1.0 / header.gains[order]).astype(np.float32)
+
+
+def read_counts(folder: Path, header: Header, order: list[int]) -> np.ndarray:
+    """The record's integer samples (publisher's counts minus each lead's baseline) of leads ``order``:
+    (samples, leads) int64."""
     path = folder / f"{header.record}.mat"
     try:
         val = scipy.io.loadmat(path)["val"]
@@ -133,12 +165,25 @@ def read_signal(folder: Path, header: Header) -> np.ndarray:
     if val.shape != (len(header.leads), header.samples):
         raise ECGError(f"{path} holds {val.shape[0]} x {val.shape[1]} values but its header says "
                        f"{len(header.leads)} leads x {header.samples} samples")
-    missing = [lead for lead in LEADS if lead not in header.leads]
-    if missing:
-        raise ECGError(f"{folder / header.record}.hea lacks lead(s) {', '.join(missing)}; twelve leads are needed")
-    order = [header.leads.index(lead) for lead in LEADS]
-    mv = (val[order].astype(np.float64) - header.baselines[order, None]) / header.gains[order, None]
-    return mv.astype(np.float32)
+    return (val[order].astype(np.int64) - np.rint(header.baselines[order, None]).astype(np.int64)).T
+
+
+def read_signal(folder: Path, header: Header, leads: list[str] = LEADS) -> np.ndarray:
+    """The record's ``leads`` (default the twelve, in the standard order) in mV, as float32 (leads, samples):
+    the same numbers a cache read at the record's own rate gives."""
+    order = lead_order(header, folder, leads)
+    return to_mv(read_counts(folder, header, order), scale(header, order)).T
+
+
+def _convert(task: tuple[str, Header, int]) -> np.ndarray:
+    """One record for the cache: its twelve leads as int16 counts (samples, 12) at the cache rate ``fs`` (the
+    publisher's integers when the rates agree; resampled mV rounded to the same resolution otherwise)."""
+    folder, header, fs = Path(task[0]), task[1], task[2]
+    order = lead_order(header, folder)
+    counts, per_count = read_counts(folder, header, order), scale(header, order)
+    if header.fs == fs:
+        return to_counts(counts, 1.0)
+    return to_counts(resample_signal(to_mv(counts, per_count), header.fs, fs, axis=0), per_count)
 
 
 def resample(signal: np.ndarray, fs: float, target: int) -> np.ndarray:
@@ -146,16 +191,22 @@ def resample(signal: np.ndarray, fs: float, target: int) -> np.ndarray:
     return resample_signal(signal, fs, target, axis=1).astype(np.float32, copy=False)
 
 
-def read_scoring(folder: Path) -> Scoring:
-    """Scored classes and reward matrix from ``dx_mapping_scored.csv`` and ``weights.csv`` in ``folder``."""
+def read_scoring(folder: Path, release: int = 2020) -> Scoring:
+    """Scored classes and reward matrix from ``dx_mapping_scored.csv`` and ``weights.csv`` in ``folder``.
+
+    Classes joined by ``a|b`` in ``weights.csv`` are one class. The 2020 release lists three such pairs as two
+    classes each, joined by weight 1 and identical rows; for ``release`` 2020 those are merged too (as its
+    scorer does), while the 2021 tables need no such rule.
+    """
     mapping, weights_file = folder / "dx_mapping_scored.csv", folder / "weights.csv"
     for f in (mapping, weights_file):
         if not f.is_file():
-            raise ECGError(f"{f} is missing; put the Challenge 2020 scoring tables (dx_mapping_scored.csv, "
+            raise ECGError(f"{f} is missing; put the Challenge {release} scoring tables (dx_mapping_scored.csv, "
                            f"weights.csv) in {folder}")
     try:
         scored = pd.read_csv(mapping, dtype=str)
-        abbreviation = dict(zip(scored["SNOMED CT Code"].str.strip(), scored["Abbreviation"].str.strip(), strict=True))
+        code_column = next((c for c in ("SNOMED CT Code", "SNOMEDCTCode") if c in scored.columns), "SNOMED CT Code")
+        abbreviation = dict(zip(scored[code_column].str.strip(), scored["Abbreviation"].str.strip(), strict=True))
         table = pd.read_csv(weights_file, index_col=0, dtype=str)
         values = table.to_numpy(dtype=np.float64)
         columns = [[c.strip() for c in str(col).split("|")] for col in table.columns]
@@ -163,10 +214,9 @@ def read_scoring(folder: Path) -> Scoring:
         raise ECGError(f"cannot read the scoring tables in {folder} ({exc})") from None
     if values.shape != (len(columns), len(columns)):
         raise ECGError(f"{weights_file} is not a square reward matrix ({values.shape[0]} x {len(columns)})")
-    # classes joined by weight 1 off the diagonal are scored as one (the 2020 release lists them separately)
     groups = [list(c) for c in columns]
     keep = list(range(len(columns)))
-    for i in range(len(columns)):
+    for i in range(len(columns) if release == 2020 else 0):
         for j in range(i + 1, len(columns)):
             if i in keep and j in keep and values[i, j] == 1 and np.array_equal(values[i], values[j]):
                 groups[i] += groups[j]
@@ -202,35 +252,36 @@ def list_records(folder: Path) -> list[str]:
     return [p.stem for p in headers]
 
 
-def read_folder(folder: Path, names: list[str], fs: int, progress: bool = True,
-                need_dx: bool = True) -> tuple[list[np.ndarray], list[Header]]:
-    """Signals (12, samples at ``fs``, mV) and headers of records ``names`` in ``folder``."""
+def read_folder(folder: Path, names: list[str], fs: int, progress: bool = True, need_dx: bool = True,
+                leads: list[str] = LEADS) -> tuple[list[np.ndarray], list[Header]]:
+    """Signals (leads, samples at ``fs``, mV) and headers of records ``names`` in ``folder`` (records to predict)."""
     signals, headers = [], []
     for name in tqdm(names, desc="reading records", unit="record", leave=False, disable=None if progress else True):
         header = read_header(folder / f"{name}.hea", need_dx)
-        signals.append(resample(read_signal(folder, header), header.fs, fs))
+        signals.append(resample(read_signal(folder, header, leads), header.fs, fs))
         headers.append(header)
     return signals, headers
 
 
 def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True,
-                 tables: Sequence[Path] = ()) -> dict[str, np.ndarray]:
-    """All records of ``folder`` at ``fs`` Hz: ``signal`` (12, total samples), ``offsets``, ``record``, ``dx``.
+                 workers: int | None = None) -> RecordStore:
+    """Every record of ``folder`` at ``fs`` Hz, memory-mapped: twelve leads, with ``extra['dx']`` per record.
 
-    Cached as ``.npz``, keyed by the sampling rate and the sizes and times of every header and signal file
-    and of the scoring ``tables`` the labels come from.
+    The cache is keyed by the sampling rate and the sizes and times of every header and signal file.
     """
     names = list_records(folder)
-    inputs = fingerprint([*(folder / f"{n}{e}" for n in names for e in (".hea", ".mat")), *tables])
+    inputs = fingerprint([folder / f"{n}{e}" for n in names for e in (".hea", ".mat")])
 
-    def build() -> dict[str, np.ndarray]:
-        signals, headers = read_folder(folder, names, fs, progress)
-        offsets = np.cumsum([0] + [s.shape[1] for s in signals])
-        return {"signal": np.concatenate(signals, axis=1), "offsets": offsets, "record": np.array(names),
-                "dx": np.array([",".join(h.dx) for h in headers])}
+    def plan() -> tuple[Plan, list]:
+        headers = [read_header(folder / f"{n}.hea") for n in tqdm(names, desc="reading headers", unit="record",
+                                                                   leave=False, disable=None if progress else True)]
+        orders = [lead_order(h, folder) for h in headers]
+        return Plan(names, np.array([resampled_length(h.samples, h.fs, fs) for h in headers], dtype=np.int64),
+                    np.stack([scale(h, o) for h, o in zip(headers, orders, strict=True)]), fs, LEADS,
+                    {"dx": np.array([",".join(h.dx) for h in headers])}), [(str(folder), h, fs) for h in headers]
 
-    return cached_arrays(cache_dir, f"cinc2020_{fs}hz_v{CACHE_VERSION}", inputs, build,
-                         what=f"the Challenge records or scoring tables in {folder.parent}")
+    return cached_records(cache_dir, f"challenge_{fs}hz_v{CACHE_VERSION}", inputs, plan, _convert,
+                          what=f"the Challenge records in {folder}", workers=workers, progress=progress)
 
 
 def record_split(labels: np.ndarray, records: np.ndarray, protocol: str, seed: int) -> dict[str, np.ndarray]:
@@ -265,39 +316,53 @@ def _split_from_manifest(records: np.ndarray, manifest: dict[str, Any]) -> dict[
 
 def build(raw_dir: Path, cache_dir: Path, *, split_seed: int, protocol: str = "records", fs: int = 500,
           seq_len: float = 10.0, saved_manifest: dict | None = None, data_url: str | None = None,
-          progress: bool = True) -> DataSplits:
-    """Train/val/test record datasets of the Challenge 2020 scored classes (equivalent classes merged)."""
+          progress: bool = True, release: int = 2020, leads: int = 12) -> DataSplits:
+    """Train/val/test record datasets of the Challenge ``release``'s scored classes (equivalent classes merged),
+    on the lead subset ``leads`` (12, or a 2021 subset)."""
+    dataset = f"cinc{release}"
     if data_url:
-        raise ECGError(f"--data-url is for MIT-BIH and ptb; for cinc2020 {files_hint(raw_dir / 'records')}")
-    scoring = read_scoring(raw_dir / "scoring")
-    data = load_records(raw_dir / "records", cache_dir, fs, progress,
-                        tables=[raw_dir / "scoring" / "weights.csv", raw_dir / "scoring" / "dx_mapping_scored.csv"])
-    records = data["record"]
-    labels = np.stack([scoring.multi_hot(str(d).split(",")) for d in data["dx"]])
+        raise ECGError(f"--data-url is for MIT-BIH and ptb; for {dataset} {files_hint(raw_dir / 'records')}")
+    scoring = read_scoring(raw_dir / "scoring", release)
+    store = load_records(raw_dir / "records", cache_dir, fs, progress)
+    records = store.names
+    labels = np.stack([scoring.multi_hot(str(d).split(",")) for d in store.extra["dx"]])
+    lead_names = LEAD_SETS[leads]
     if saved_manifest is not None:
-        if saved_manifest.get("protocol") != protocol or saved_manifest.get("preprocess", {}).get("fs") != fs:
-            raise ECGError(f"the run's splits.json holds a {saved_manifest.get('protocol')} split at "
-                           f"{saved_manifest.get('preprocess', {}).get('fs')} Hz; check --split and --fs")
+        saved = saved_manifest.get("preprocess", {})
+        same = saved.get("fs") == fs and saved.get("leads", LEADS) == lead_names
+        if saved_manifest.get("protocol") != protocol or not same:
+            raise ECGError(f"the run's splits.json holds a {saved_manifest.get('protocol')} split at {saved.get('fs')} "
+                           f"Hz with leads {','.join(saved.get('leads', LEADS))}; check --split, --fs and --leads")
         split = _split_from_manifest(records, saved_manifest)
     else:
         split = record_split(labels, records, protocol, split_seed)
     window = int(round(seq_len * fs))
-    preprocess = {"fs": fs, "window": window, "stride": window // 2, "leads": LEADS, "units": "mV"}
+    preprocess = {"fs": fs, "window": window, "stride": window // 2, "leads": lead_names, "units": "mV"}
+    sources = {k: sorted({source(r) for r in records[v]}) for k, v in split.items()}
     manifest = saved_manifest or {
-        "database": "PhysioNet/CinC Challenge 2020", "protocol": protocol, "split_seed": split_seed,
-        "preprocess": preprocess, "classes": scoring.codes, "class_names": scoring.abbreviations,
-        "sources": {k: sorted({source(r) for r in records[v]}) for k, v in split.items()},
-        **{k: records[v].tolist() for k, v in split.items()}}
-    offsets = data["offsets"]
+        "database": f"PhysioNet/CinC Challenge {release}", "protocol": protocol, "split_seed": split_seed,
+        "preprocess": preprocess, "classes": scoring.codes, "class_names": scoring.abbreviations, "sources": sources,
+        "patients": patient_note(sources), **{k: records[v].tolist() for k, v in split.items()}}
+    columns = [LEADS.index(lead) for lead in lead_names]
 
     def subset(idx: np.ndarray, train: bool) -> RecordDataset:
-        signals = [data["signal"][:, offsets[i]:offsets[i + 1]] for i in idx]
-        return RecordDataset(signals, labels[idx], scoring.codes, window, random_crop=train,
-                             stride=preprocess["stride"], meta={"record": records[idx]})
+        return RecordDataset(store, idx, labels[idx], scoring.codes, window, random_crop=train,
+                             stride=preprocess["stride"], leads=columns, meta={"record": records[idx]})
 
     return DataSplits(subset(split["train"], True), subset(split["val"], False), subset(split["test"], False),
                       manifest, multilabel=True, selection="challenge", preprocess=preprocess,
                       challenge_weights=scoring.weights, normal_index=scoring.normal_index)
+
+
+def patient_note(sources: dict[str, list[str]]) -> str:
+    """Whether one patient can sit on both sides of the split: the sources with several records per patient
+    that both the test split and the training side (train or val) hold."""
+    both = [s for s in SEVERAL_PER_PATIENT if s in sources["test"] and s in sources["train"] + sources["val"]]
+    if not both:
+        return ("patient-disjoint as far as the sources tell: no source with several records per patient is on "
+                "both sides")
+    return (f"sources {', '.join(both)} hold several records per patient and sit on both sides; the headers name no "
+            f"patient, so one patient may be in training and test (use --split source-X to hold a source out whole)")
 
 
 def write_output(path: Path, record: str, codes: list[str], labels: np.ndarray, probs: np.ndarray) -> None:

@@ -1,4 +1,4 @@
-"""In-memory ECG datasets and the DataLoader that feeds them in whole batches."""
+"""ECG datasets over arrays (in memory or memory-mapped) and the DataLoader that feeds them in whole batches."""
 from __future__ import annotations
 
 import hashlib
@@ -15,6 +15,7 @@ from scipy.signal import resample_poly
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
+from loaders.mapped import RecordStore
 from toolbox.utils import ECGError, atomic_write
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,21 @@ def resample(signal: np.ndarray, fs: float, target: float, axis: int = -1) -> np
     taken as the nearest fraction with a denominator up to 1000. Unchanged when the rates are equal."""
     if fs == target:
         return signal
+    up, down = _ratio(fs, target)
+    return resample_poly(signal, up, down, axis=axis)
+
+
+def _ratio(fs: float, target: float) -> tuple[int, int]:
     ratio = Fraction(target).limit_denominator(1000) / Fraction(fs).limit_denominator(1000)
-    return resample_poly(signal, ratio.numerator, ratio.denominator, axis=axis)
+    return ratio.numerator, ratio.denominator
+
+
+def resampled_length(n: int, fs: float, target: float) -> int:
+    """How many samples :func:`resample` makes of ``n`` (known before reading a signal)."""
+    if fs == target:
+        return n
+    up, down = _ratio(fs, target)
+    return -(-n * up // down)
 
 
 def cache_key(*parts: Any) -> str:
@@ -119,11 +133,18 @@ def _keep_batch(batch: Any) -> Any:
 
 
 class SeededBatch(list):
-    """The indices of one training batch and the seed of its random draws (crops)."""
+    """The indices of one training batch and the seed of its random draws (crops).
 
-    def __init__(self, indices: Iterable[int], seed: int) -> None:
+    Under several processes each takes a share of one global batch: ``positions`` are the places of its
+    indices in that batch of ``size`` examples, so each example draws what it would draw in one process.
+    """
+
+    def __init__(self, indices: Iterable[int], seed: int, positions: Sequence[int] | None = None,
+                 size: int | None = None) -> None:
         super().__init__(indices)
         self.seed = seed
+        self.positions = list(range(len(self))) if positions is None else list(positions)
+        self.size = len(self) if size is None else size
 
 
 class SeededBatches(Sampler[list[int]]):
@@ -133,37 +154,76 @@ class SeededBatches(Sampler[list[int]]):
     and the whole order is drawn before the first batch; so the order and random crops do not depend on
     the number of DataLoader workers (which read ahead), nor on how many batches of an epoch are used, and
     a resumed run draws what an uninterrupted one draws.
+
+    With ``world`` > 1 processes (DDP), every process draws the same order, padded with its first examples to
+    a multiple of ``world`` (as torch's DistributedSampler pads), and takes every ``world``-th example of each
+    global batch of ``batch_size`` from place ``rank``: the processes see disjoint shares of the same
+    batches, equal in number and size, so their gradient steps stay in step.
     """
 
-    def __init__(self, sampler: Sampler[int], batch_size: int, generator: torch.Generator) -> None:
+    def __init__(self, sampler: Sampler[int], batch_size: int, generator: torch.Generator, rank: int = 0,
+                 world: int = 1) -> None:
+        if batch_size % world:
+            raise ECGError(f"--batch-size {batch_size} does not divide among {world} processes; use a multiple of "
+                           f"{world} (it is the batch of all processes together)")
         self.sampler, self.batch_size, self.generator = sampler, batch_size, generator
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
-        return -(-len(self.sampler) // self.batch_size)
+        return -(-self._padded(len(self.sampler)) // self.batch_size)
+
+    def _padded(self, n: int) -> int:
+        return -(-n // self.world) * self.world
 
     def __iter__(self) -> Iterator[SeededBatch]:
         seed = int(torch.randint(0, 2**62, (), generator=self.generator))
         order = list(self.sampler)  # drawn whole now: the generator's state never depends on how far it is read
+        order += order[: self._padded(len(order)) - len(order)]
         for number, start in enumerate(range(0, len(order), self.batch_size)):
-            yield SeededBatch(order[start:start + self.batch_size], seed + number)
+            batch = order[start:start + self.batch_size]
+            if self.world == 1:
+                yield SeededBatch(batch, seed + number)
+            else:
+                places = range(self.rank, len(batch), self.world)
+                yield SeededBatch([batch[i] for i in places], seed + number, places, len(batch))
+
+
+class EvaluationShards(Sampler[list[int]]):
+    """Evaluation batches in order; with ``world`` processes, process ``rank`` takes batches rank, rank + world,
+    ... (:func:`trainer.gather` puts them back in order, so every example is scored exactly once)."""
+
+    def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
+
+    def batches(self) -> list[list[int]]:
+        every = [list(range(s, min(s + self.batch_size, self.n))) for s in range(0, self.n, self.batch_size)]
+        return every[self.rank::self.world]
+
+    def __len__(self) -> int:
+        return len(self.batches())
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
 
 
 def make_dataloader(dataset: ECGDataset | RecordDataset, batch_size: int, *, shuffle: bool = False,
-                    sampler: Sampler | None = None, workers: int = 0,
-                    generator: torch.Generator | None = None, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader that fetches whole batches from an in-memory dataset.
+                    sampler: Sampler | None = None, workers: int = 0, generator: torch.Generator | None = None,
+                    pin_memory: bool = False, rank: int = 0, world: int = 1) -> DataLoader:
+    """A DataLoader that fetches whole batches from a dataset of arrays (in memory or memory-mapped).
 
     Training (``shuffle`` or a ``sampler``) needs ``generator``: it orders the examples and seeds each
     batch's random draws (:class:`SeededBatches`). Workers start anew each epoch and draw nothing
-    themselves, so results are the same for any ``workers``.
+    themselves, so results are the same for any ``workers``. Under DDP (``world`` > 1) each process reads its
+    share of every batch (training) or every ``world``-th batch (evaluation, :class:`EvaluationShards`).
     """
     if shuffle or sampler is not None:
         if generator is None:
             raise ValueError("a shuffled or sampled DataLoader needs a generator")
         order = sampler if sampler is not None else RandomSampler(dataset, generator=generator)
-        return DataLoader(dataset, batch_sampler=SeededBatches(order, batch_size, generator), num_workers=workers,
-                          collate_fn=_keep_batch, generator=generator, pin_memory=pin_memory)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_keep_batch,
+        batches: Sampler = SeededBatches(order, batch_size, generator, rank, world)
+    else:
+        batches = EvaluationShards(len(dataset), batch_size, rank, world)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_keep_batch,
                       generator=generator, pin_memory=pin_memory)
 
 
@@ -217,38 +277,54 @@ class DataSplits:
 
 
 class RecordDataset(Dataset):
-    """Whole multi-lead records of any length with multi-hot labels, cut into fixed windows on the fly.
+    """Multi-lead records of any length with multi-hot labels, cut into fixed windows on the fly.
 
+    The records are rows ``rows`` of a :class:`loaders.mapped.RecordStore` (memory-mapped, or in memory); a
+    window is read from the store when a batch asks for it, so no record is copied up front. ``leads`` picks
+    the store's columns the model sees (default: all).
     ``random_crop``: one window per record per pass, at an offset drawn from the batch's seed
     (:class:`SeededBatch`; a plain list of indices draws from torch's global generator). Otherwise every
     record is cut into windows ``stride`` apart, the last one flush with the record's end; ``groups`` maps
-    each window to its record for averaging.
-    Records shorter than ``window`` are zero-padded at the end.
+    each window to its record for averaging. Records shorter than ``window`` are zero-padded at the end.
     """
 
-    def __init__(self, signals: Sequence[np.ndarray], labels: np.ndarray, classes: Sequence[str], window: int, *,
-                 random_crop: bool, stride: int | None = None, meta: dict[str, np.ndarray] | None = None) -> None:
-        if len(signals) != len(labels) or labels.ndim != 2 or labels.shape[1] != len(classes):
+    def __init__(self, store: RecordStore, rows: Sequence[int], labels: np.ndarray, classes: Sequence[str],
+                 window: int, *, random_crop: bool, stride: int | None = None, leads: Sequence[int] | None = None,
+                 meta: dict[str, np.ndarray] | None = None) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) != len(labels) or labels.ndim != 2 or labels.shape[1] != len(classes):
             raise ValueError(f"expected one multi-hot row of {len(classes)} per record, got {labels.shape} "
-                             f"for {len(signals)} records")
-        self.signals = [torch.as_tensor(_pad_to(s, window), dtype=torch.float32) for s in signals]
+                             f"for {len(rows)} records")
+        self.store, self.rows = store, rows
+        self.lead_index = None if leads is None else list(leads)
+        self.lengths = store.lengths[rows]
         self.labels = torch.as_tensor(labels, dtype=torch.float32)  # multi-hot, per record
         self.classes = list(classes)
         self.window = window
         self.random_crop = random_crop
         self.meta = meta or {}
         if random_crop:
-            self.groups = np.arange(len(signals))
-            self.starts = np.zeros(len(signals), dtype=np.int64)
+            self.groups = np.arange(len(rows))
+            self.starts = np.zeros(len(rows), dtype=np.int64)
         else:
             stride = stride or window
-            pairs = [(r, s) for r, sig in enumerate(self.signals) for s in _window_starts(sig.shape[1], window, stride)]
-            self.groups = np.array([r for r, _ in pairs], dtype=np.int64)
-            self.starts = np.array([s for _, s in pairs], dtype=np.int64)
+            per = [_window_starts(int(n), window, stride) for n in self.lengths]
+            self.groups = np.repeat(np.arange(len(rows)), [len(s) for s in per])
+            self.starts = np.array([s for starts in per for s in starts], dtype=np.int64)
+
+    @classmethod
+    def from_signals(cls, signals: Sequence[np.ndarray], labels: np.ndarray, classes: Sequence[str], window: int, *,
+                     random_crop: bool = False, stride: int | None = None,
+                     meta: dict[str, np.ndarray] | None = None) -> RecordDataset:
+        """A dataset of in-memory float32 ``signals`` (leads, samples) in mV: recordings to predict, tests."""
+        leads = [str(i) for i in range(signals[0].shape[0])] if len(signals) else []
+        store = RecordStore.from_signals(signals, [str(i) for i in range(len(signals))], 0.0, leads)
+        return cls(store, np.arange(len(signals)), labels, classes, window, random_crop=random_crop, stride=stride,
+                   meta=meta)
 
     @property
     def in_channels(self) -> int:
-        return int(self.signals[0].shape[0]) if self.signals else 0
+        return self.store.signal.shape[1] if self.lead_index is None else len(self.lead_index)
 
     def class_counts(self) -> np.ndarray:
         """Number of records carrying each class."""
@@ -262,29 +338,31 @@ class RecordDataset(Dataset):
         return x[0], y[0]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch of windows; random crops draw all their offsets in one call."""
+        """A batch of windows; random crops draw all their offsets in one call (see :class:`SeededBatch`)."""
         records = self.groups[indices]
         if self.random_crop:
-            room = torch.as_tensor([self.signals[r].shape[1] - self.window + 1 for r in records])
-            seeded = torch.Generator().manual_seed(indices.seed) if isinstance(indices, SeededBatch) else None
-            starts = (torch.rand(len(records), generator=seeded) * room).long().tolist()
+            room = np.maximum(self.lengths[records] - self.window + 1, 1)
+            starts = (draws(indices) * torch.as_tensor(room)).long().numpy()
         else:
-            starts = self.starts[indices].tolist()
-        x = torch.stack([self.signals[r][:, s:s + self.window] for r, s in zip(records, starts, strict=True)])
-        return x, self.labels[torch.as_tensor(records, dtype=torch.long)]
+            starts = self.starts[indices]
+        x = self.store.windows(self.rows[records], starts, self.window, self.lead_index)
+        return torch.from_numpy(x), self.labels[torch.as_tensor(records, dtype=torch.long)]
 
 
-def _pad_to(signal: np.ndarray, length: int) -> np.ndarray:
-    """``signal`` (leads, n) zero-padded at the end to at least ``length`` samples."""
-    if signal.shape[1] >= length:
-        return signal
-    return np.pad(signal, ((0, 0), (0, length - signal.shape[1])))
+def draws(batch: Sequence[int]) -> torch.Tensor:
+    """One uniform draw in [0, 1) per example of ``batch``: from its seed when it is a :class:`SeededBatch`
+    (the draw of each example depends on its place in the whole batch, not on how the batch is shared
+    between processes), else from torch's global generator."""
+    if isinstance(batch, SeededBatch):
+        generator = torch.Generator().manual_seed(batch.seed)
+        return torch.rand(batch.size, generator=generator, dtype=torch.float64)[batch.positions]
+    return torch.rand(len(batch), dtype=torch.float64)
 
 
 def _window_starts(n: int, window: int, stride: int) -> list[int]:
     """Starts of windows ``stride`` apart covering ``n`` samples, the last one ending at ``n``."""
-    starts = list(range(0, n - window + 1, stride))
-    if starts[-1] != n - window:
+    starts = list(range(0, n - window + 1, stride)) or [0]  # a record shorter than a window: one, padded
+    if starts[-1] != max(n - window, 0):
         starts.append(n - window)
     return starts
 

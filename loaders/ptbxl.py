@@ -3,6 +3,9 @@
 Labels follow the PTB-XL benchmark (Strodthoff et al. 2021): every SCP code of a record that
 ``scp_statements.csv`` marks diagnostic contributes its ``diagnostic_class``; records with none are left
 out. Folds come from ``strat_fold``: 1-8 train, 9 validation, 10 test (patient-disjoint by construction).
+
+Every record of the database table is cached once at the training rate in a memory-mapped int16 array
+(:mod:`loaders.mapped`); labels come from the tables at every load, so a changed table needs no new cache.
 """
 from __future__ import annotations
 
@@ -16,8 +19,10 @@ import pandas as pd
 import wfdb
 from tqdm import tqdm
 
-from loaders.cinc2020 import LEADS, resample
-from loaders.dataset import DataSplits, RecordDataset, cached_arrays, fingerprint
+from loaders.cinc2020 import LEADS, lead_order, read_header, scale
+from loaders.dataset import DataSplits, RecordDataset, fingerprint, resampled_length
+from loaders.dataset import resample as resample_signal
+from loaders.mapped import Plan, RecordStore, cached_records, to_counts, to_mv
 from toolbox.utils import ECGError
 
 log = logging.getLogger(__name__)
@@ -29,7 +34,9 @@ def files_hint(folder: Path) -> str:
     """What to put where when PTB-XL files are missing."""
     return (f"put PTB-XL in {folder} (ptbxl_database.csv, scp_statements.csv, records100/) "
             f"from physionet.org/content/ptb-xl")
-CACHE_VERSION = 1
+
+
+CACHE_VERSION = 2  # 2: every record of the table in one memory-mapped int16 array (loaders.mapped)
 
 
 DATABASE_COLUMNS = ("ecg_id", "scp_codes", "strat_fold", "filename_lr", "filename_hr")
@@ -88,50 +95,49 @@ def fold_split(folds: np.ndarray) -> dict[str, np.ndarray]:
     return {k: np.flatnonzero(np.isin(folds, v)) for k, v in FOLDS.items()}
 
 
-def _read_record(folder: Path, rel: str) -> np.ndarray:
-    """One record's twelve leads in the standard order, in mV, float32 (12, samples)."""
-    path = folder / rel
-    if not path.with_suffix(".hea").is_file():
-        raise ECGError(f"PTB-XL record {path}.hea is missing; {files_hint(folder)}")
+def _convert(task: tuple[str, object, int]) -> np.ndarray:
+    """One record for the cache: its twelve leads as int16 counts (samples, 12) at the cache rate ``fs``."""
+    path, header, fs = Path(task[0]), task[1], task[2]
     try:
-        rec = wfdb.rdrecord(str(path))
+        rec = wfdb.rdrecord(str(path), physical=False)
     except Exception as exc:  # wfdb raises many types for damaged files
         raise ECGError(f"cannot read PTB-XL record {path} ({type(exc).__name__}: {str(exc)[:80]})") from None
-    names = [n.upper() for n in rec.sig_name]
-    if sorted(names) != sorted(LEADS):
-        raise ECGError(f"PTB-XL record {path} has leads {', '.join(rec.sig_name)}, not the standard twelve")
-    return rec.p_signal[:, [names.index(lead) for lead in LEADS]].T.astype(np.float32)
+    order = lead_order(header, path.parent)
+    if rec.d_signal is None or rec.d_signal.shape != (header.samples, len(header.leads)):
+        raise ECGError(f"PTB-XL record {path}: its signal file does not match its header")
+    counts = rec.d_signal[:, order].astype(np.int64) - np.rint(header.baselines[order]).astype(np.int64)
+    if header.fs == fs:
+        return to_counts(counts, 1.0)
+    per_count = scale(header, order)
+    return to_counts(resample_signal(to_mv(counts, per_count), header.fs, fs, axis=0), per_count)
 
 
-def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True) -> dict[str, np.ndarray]:
-    """Every labelled record at ``fs`` Hz: ``signal`` (n, 12, samples), ``ecg_id``, ``labels``, ``fold``.
+def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True,
+                 workers: int | None = None) -> tuple[pd.DataFrame, dict[str, str], RecordStore]:
+    """The tables and every record of the database table at ``fs`` Hz, memory-mapped (store row i is table row i).
 
-    Cached as ``.npz``, keyed by the sampling rate and the sizes and times of the database and statements
-    tables and of every record file.
+    Read from ``records100/`` up to 100 Hz, else from ``records500/``. The cache is keyed by the sampling rate
+    and the sizes and times of every record file.
     """
     db, diagnostic = read_tables(folder)
-    labels = np.stack([superclass_labels(c, diagnostic) for c in db["scp_codes"]])
-    keep = labels.any(axis=1)
-    if not keep.any():
-        raise ECGError(f"no record of {folder / 'ptbxl_database.csv'} has a diagnostic superclass")
     column = "filename_lr" if fs <= NATIVE_FS else "filename_hr"
-    native = NATIVE_FS if column == "filename_lr" else 500
-    files = [folder / f"{rel}{ext}" for rel in db[keep][column] for ext in (".hea", ".dat")]
+    files = [folder / f"{rel}{ext}" for rel in db[column] for ext in (".hea", ".dat")]
     missing = next((f for f in files if not f.is_file()), None)
     if missing is not None:
         raise ECGError(f"PTB-XL record file {missing} is missing; {files_hint(folder)}")
-    inputs = fingerprint([folder / "ptbxl_database.csv", folder / "scp_statements.csv", *files])
 
-    def build() -> dict[str, np.ndarray]:
-        rows = db[keep]
-        signals = [resample(_read_record(folder, rel), native, fs)
-                   for rel in tqdm(rows[column], desc="reading PTB-XL", unit="record", leave=False,
+    def plan() -> tuple[Plan, list]:
+        headers = [read_header(folder / f"{rel}.hea", need_dx=False)
+                   for rel in tqdm(db[column], desc="reading PTB-XL headers", unit="record", leave=False,
                                    disable=None if progress else True)]
-        return {"signal": np.stack(signals), "ecg_id": rows.index.to_numpy(), "labels": labels[keep],
-                "fold": rows["strat_fold"].to_numpy(), "dropped": np.array(int((~keep).sum()))}
+        orders = [lead_order(h, folder / rel) for h, rel in zip(headers, db[column], strict=True)]
+        return Plan([str(i) for i in db.index], np.array([resampled_length(h.samples, h.fs, fs) for h in headers]),
+                    np.stack([scale(h, o) for h, o in zip(headers, orders, strict=True)]), fs, LEADS), \
+            [(str(folder / rel), h, fs) for rel, h in zip(db[column], headers, strict=True)]
 
-    return cached_arrays(cache_dir, f"ptbxl_{fs}hz_v{CACHE_VERSION}", inputs, build,
-                         what=f"the PTB-XL tables or records in {folder}")
+    store = cached_records(cache_dir, f"ptbxl_{fs}hz_v{CACHE_VERSION}", fingerprint(files), plan, _convert,
+                           what=f"the PTB-XL records in {folder}", workers=workers, progress=progress)
+    return db, diagnostic, store
 
 
 def build(raw_dir: Path, cache_dir: Path, *, split_seed: int, protocol: str = "folds", fs: int = NATIVE_FS,
@@ -140,23 +146,28 @@ def build(raw_dir: Path, cache_dir: Path, *, split_seed: int, protocol: str = "f
     """Train/val/test datasets of PTB-XL's five diagnostic superclasses on its recommended folds."""
     if data_url:
         raise ECGError(f"--data-url is for MIT-BIH and ptb; for ptbxl {files_hint(raw_dir)}")
-    data = load_records(raw_dir, cache_dir, fs, progress)
-    split = fold_split(data["fold"])
+    db, diagnostic, store = load_records(raw_dir, cache_dir, fs, progress)
+    labels = np.stack([superclass_labels(c, diagnostic) for c in db["scp_codes"]])
+    keep = np.flatnonzero(labels.any(axis=1))
+    if not len(keep):
+        raise ECGError(f"no record of {raw_dir / 'ptbxl_database.csv'} has a diagnostic superclass")
+    ecg_id, folds = db.index.to_numpy(), db["strat_fold"].to_numpy()
+    split = {k: keep[v] for k, v in fold_split(folds[keep]).items()}
     if saved_manifest is not None:
         saved = {k: saved_manifest.get(k) for k in FOLDS}
-        if saved != {k: data["ecg_id"][v].tolist() for k, v in split.items()}:
+        if saved != {k: ecg_id[v].tolist() for k, v in split.items()}:
             raise ECGError("the run's splits.json lists other PTB-XL records than the data folder holds now; "
                            "restore the data or start a new run with --version bump")
     window = int(round(seq_len * fs))
     preprocess = {"fs": fs, "window": window, "stride": window // 2, "leads": LEADS, "units": "mV"}
     manifest = saved_manifest or {
         "database": "PTB-XL", "protocol": protocol, "split_seed": split_seed, "preprocess": preprocess,
-        "classes": SUPERCLASSES, "folds": FOLDS, "dropped_without_superclass": int(data["dropped"]),
-        **{k: data["ecg_id"][v].tolist() for k, v in split.items()}}
+        "classes": SUPERCLASSES, "folds": FOLDS, "dropped_without_superclass": int(len(db) - len(keep)),
+        **{k: ecg_id[v].tolist() for k, v in split.items()}}
 
     def subset(idx: np.ndarray, train: bool) -> RecordDataset:
-        return RecordDataset(list(data["signal"][idx]), data["labels"][idx], SUPERCLASSES, window,
-                             random_crop=train, stride=preprocess["stride"], meta={"record": data["ecg_id"][idx]})
+        return RecordDataset(store, idx, labels[idx], SUPERCLASSES, window, random_crop=train,
+                             stride=preprocess["stride"], meta={"record": ecg_id[idx]})
 
     return DataSplits(subset(split["train"], True), subset(split["val"], False), subset(split["test"], False),
                       manifest, multilabel=True, selection="macro_auroc", preprocess=preprocess)

@@ -185,12 +185,12 @@ def test_resampling_keeps_duration_and_shape() -> None:
 def test_windows_pad_short_records_and_cover_long_ones() -> None:
     signals = [np.ones((12, 300), np.float32), np.arange(12 * 2500, dtype=np.float32).reshape(12, 2500)]
     labels = np.array([[1, 0], [0, 1]], np.float32)
-    ds = RecordDataset(signals, labels, ["a", "b"], 1000, random_crop=False, stride=500)
+    ds = RecordDataset.from_signals(signals, labels, ["a", "b"], 1000, random_crop=False, stride=500)
     assert ds.groups.tolist() == [0, 1, 1, 1, 1] and ds.starts.tolist() == [0, 0, 500, 1000, 1500]
     x, y = ds.__getitems__([0, 4])
     assert x.shape == (2, 12, 1000) and x[0, :, 300:].abs().sum() == 0 and x[0, :, :300].sum() == 12 * 300
     assert x[1, 0, -1] == 2499 and y.tolist() == [[1, 0], [0, 1]]
-    train = RecordDataset(signals, labels, ["a", "b"], 1000, random_crop=True)
+    train = RecordDataset.from_signals(signals, labels, ["a", "b"], 1000, random_crop=True)
     torch.manual_seed(0)
     starts = {int(train[1][0][0, 0]) for _ in range(20)}
     assert len(train) == 2 and len(starts) > 1 and max(starts) <= 1500  # random crops inside the record
@@ -475,7 +475,9 @@ def test_malformed_ptbxl_tables_are_one_clear_error(case: str, edit, message: st
         ptbxl.build(folder, tmp_path / "cache", split_seed=0, progress=False)
 
 
-def test_ptbxl_cache_follows_the_statements_table(tmp_path: Path, data_root: Path, caplog) -> None:
+def test_ptbxl_labels_follow_the_statements_table_and_the_cache_follows_the_records(tmp_path: Path, data_root: Path,
+                                                                                     caplog) -> None:
+    """Labels come from the tables at every load (the signal cache stays); a changed record file makes a new cache."""
     folder = _ptbxl_copy(tmp_path, data_root)
     before = ptbxl.build(folder, tmp_path / "cache", split_seed=0, progress=False)
     scp = pd.read_csv(folder / "scp_statements.csv", index_col=0)
@@ -485,7 +487,14 @@ def test_ptbxl_cache_follows_the_statements_table(tmp_path: Path, data_root: Pat
         after = ptbxl.build(folder, tmp_path / "cache", split_seed=0, progress=False)
     counts = before.train.class_counts(), after.train.class_counts()
     assert counts[1][0] == 0 and counts[1][1] > counts[0][1]  # no NORM left, more MI: the labels were rebuilt
-    assert "changed since the cache" in caplog.text and len(list((tmp_path / "cache").glob("ptbxl_*.npz"))) == 2
+    assert "changed since the cache" not in caplog.text and len(list((tmp_path / "cache").glob("ptbxl_*"))) == 1
+    (folder / "records100").unlink()  # a copy of the records instead of the link, so one can change
+    shutil.copytree(data_root / "ptbxl" / "records100", folder / "records100")
+    record = sorted((folder / "records100").rglob("*.dat"))[0]
+    os.utime(record, ns=(1_000_000_000, 1_000_000_000))
+    with caplog.at_level(logging.WARNING):
+        ptbxl.build(folder, tmp_path / "cache", split_seed=0, progress=False)
+    assert "changed since the cache" in caplog.text and len(list((tmp_path / "cache").glob("ptbxl_*"))) == 2
 
 
 def _cinc_copy(tmp_path: Path, cinc_dir: Path, names: list[str]) -> Path:
@@ -515,15 +524,26 @@ def test_malformed_challenge_headers_are_one_clear_error(case: str, damage, mess
         cinc2020.build(folder, tmp_path / "cache", split_seed=0, progress=False)
 
 
-def test_cinc_cache_follows_the_scoring_tables(tmp_path: Path, cinc_dir: Path, caplog) -> None:
+def test_cinc_labels_follow_the_scoring_tables_and_the_cache_follows_the_records(tmp_path: Path, cinc_dir: Path,
+                                                                                 caplog) -> None:
     folder = _cinc_copy(tmp_path, cinc_dir, cinc2020.list_records(cinc_dir / "records")[:40])
-    cinc2020.load_records(folder / "records", tmp_path / "cache", 500, progress=False,
-                          tables=[folder / "scoring" / "weights.csv"])
+    before = cinc2020.build(folder, tmp_path / "cache", split_seed=0, progress=False)
+    table = pd.read_csv(folder / "scoring" / "weights.csv", index_col=0)
+    pd.DataFrame(table.to_numpy(), index=table.index, columns=table.columns).to_csv(folder / "scoring" / "weights.csv")
     os.utime(folder / "scoring" / "weights.csv", ns=(1_000_000_000, 1_000_000_000))
     with caplog.at_level(logging.WARNING):
-        cinc2020.load_records(folder / "records", tmp_path / "cache", 500, progress=False,
-                              tables=[folder / "scoring" / "weights.csv"])
-    assert "changed since the cache" in caplog.text and len(list((tmp_path / "cache").glob("cinc2020_*.npz"))) == 2
+        cinc2020.build(folder, tmp_path / "cache", split_seed=0, progress=False)
+    assert "changed since the cache" not in caplog.text and len(list((tmp_path / "cache").glob("challenge_*"))) == 1
+    af = before.classes.index("164889003")
+    name = next(r for r, y in zip(before.train.meta["record"], before.train.labels, strict=True) if not y[af])
+    header = folder / "records" / f"{name}.hea"
+    header.write_text(header.read_text().replace("#Dx:", "#Dx: 164889003,", 1))  # now also atrial fibrillation
+    with caplog.at_level(logging.WARNING):
+        after = cinc2020.build(folder, tmp_path / "cache", split_seed=0, progress=False)
+    assert "changed since the cache" in caplog.text and len(list((tmp_path / "cache").glob("challenge_*"))) == 2
+    found = {r: y for part in (after.train, after.val, after.test) for r, y in zip(part.meta["record"], part.labels,
+                                                                                   strict=True)}
+    assert found[name][af] == 1 and len(found) == 40
 
 
 def _driver(*argv: str) -> subprocess.CompletedProcess:
@@ -552,7 +572,7 @@ def test_driver_bad_inputs_are_one_line_errors(cinc_run: Path, cinc_dir: Path, t
     (["--dataset", "ptbxl", "--criterion", "crossentropy"], "multi-label: use --criterion bce"),
     (["--dataset", "ecg", "--criterion", "bce"], "--dataset ecg is single-label"),
     (["--dataset", "ecg", "--fs", "250"], "--fs applies to the record datasets"),
-    (["--dataset", "ptbxl", "--threshold-metric", "challenge"], "needs the Challenge 2020 reward table"),
+    (["--dataset", "ptbxl", "--threshold-metric", "challenge"], "needs a Challenge reward table"),
     (["--dataset", "cinc2020", "--sampler", "equal"], "use --class-balance"),
     (["--dataset", "cinc2020", "--split", "source-Q"], "holding out Q leaves no test records"),
 ])

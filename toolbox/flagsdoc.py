@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 SCRIPTS = {"commander.py": "train, resume and test", "predict.py": "annotate or score new recordings",
-           "driver.py": "write PhysioNet Challenge 2020 outputs"}
+           "driver.py": "write PhysioNet Challenge 2020/2021 outputs"}
 
 
 def _cell(text: str) -> str:
