@@ -1,4 +1,9 @@
-"""pytorch-ecg commander: train, resume and test ECG classifiers. Run ``python commander.py --help``."""
+"""pytorch-ecg commander: train, resume and test ECG classifiers. Run ``python commander.py --help``.
+
+The same script runs under ``torchrun --nproc_per_node N commander.py ...`` (DistributedDataParallel: gloo on
+CPUs, NCCL on GPUs): every process trains on its share of each batch, scores are computed over all processes'
+examples, and rank 0 alone writes the run folder and prints.
+"""
 from __future__ import annotations
 
 import sys
@@ -9,8 +14,10 @@ if __name__ == "__main__":  # --help and flag errors answer before the heavy imp
     _check_flags()
 
 import argparse
+import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,8 +41,9 @@ from loaders import DatasetSpec, get_loader, raw_dir
 from loaders.cinc2020 import write_outputs
 from loaders.dataset import DataSplits, make_dataloader
 from models import constructor_args, get_model
-from toolbox import checkpoint
+from toolbox import checkpoint, distributed
 from toolbox.augment import Augmenter
+from toolbox.distributed import ALONE, Processes
 from toolbox.logger import RunLogger, save_multilabel_predictions, save_predictions
 from toolbox.losses import class_weights, get_criterion, positive_weights
 from toolbox.metrics import (
@@ -71,28 +79,42 @@ SHORT_NAMES = {"macro_f1": "macro-F1", "macro_auroc": "macro AUROC", "challenge"
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and exit code 2; Ctrl-C exits with 130."""
     args = parse_args(argv)
+    procs = distributed.launched()
+    quiet = contextlib.redirect_stdout(open(os.devnull, "w")) if not procs.main else contextlib.nullcontext()
     try:
-        return run(args)[0]
+        with quiet:  # under torchrun only rank 0 prints
+            return run(args, procs)[0]
     except ECGError as exc:
         print(f"commander.py: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("commander.py: interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.stop()
 
 
-def run(args: argparse.Namespace) -> tuple[int, Path]:
-    """Train, resume or test as ``args`` say: (exit code, the run folder it used). User errors raise ECGError."""
+def run(args: argparse.Namespace, procs: Processes = ALONE) -> tuple[int, Path]:
+    """Train, resume or test as ``args`` say: (exit code, the run folder it used). User errors raise ECGError.
+
+    ``procs``: this process's place under torchrun (alone by default).
+    """
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     spec = get_loader(args.dataset)
     runs_dir = args.root_dir / args.dataset / "runs"
     run_dir = select_run(runs_dir, run_name(args), args.version, existing=args.resume is not None, args=args)
-    ensure_writable(args.root_dir, "--root-dir")
-    state, path = open_checkpoint(run_dir, args) if args.resume else (None, None)
+    if procs.main:
+        ensure_writable(args.root_dir, "--root-dir")
+    state, path = open_checkpoint(run_dir, args, procs) if args.resume else (None, None)
     pretrained = checkpoint.load(args.pretrained) if args.pretrained is not None and state is None else None
-    device = setup_env(args.seed, args.disable_cuda)
+    device = setup_env(args.seed + procs.rank, args.disable_cuda, procs.local_rank)
+    distributed.start(procs, device.type == "cuda")
 
+    if procs.local_rank:  # one process per machine builds the caches; the others then read them
+        distributed.barrier()
     data, raw = build_data(args, spec, run_dir)
+    if not procs.local_rank and procs.several:
+        distributed.barrier()
     check_num_classes(args, data.classes)
     if args.verbose or not args.test:
         print(f"{args.dataset} ({data.manifest['database']}, {data.manifest['protocol']} split): "
@@ -112,11 +134,17 @@ def run(args: argparse.Namespace) -> tuple[int, Path]:
     criterion = get_criterion(args.criterion, weight, args.label_smoothing).to(device)
     task = MultiLabelTask(args.threshold_metric, data.challenge_weights, data.normal_index) if data.multilabel else None
     if args.test:
-        return test_run(args, run_dir, path, state, model, criterion, data, device, task), run_dir
-    return train_run(args, runs_dir, run_dir, state, path, shape, model, criterion, data, device, raw, task)
+        return test_run(args, run_dir, path, state, model, criterion, data, device, task, procs), run_dir
+    return train_run(args, runs_dir, run_dir, state, path, shape, model, criterion, data, device, raw, task, procs)
 
 
-def open_checkpoint(run_dir: Path, args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+def launcher(procs: Processes) -> str:
+    """How this run was started, for printed hints."""
+    return f"torchrun --nproc_per_node {procs.world} commander.py" if procs.several else "python commander.py"
+
+
+def open_checkpoint(run_dir: Path, args: argparse.Namespace,
+                    procs: Processes = ALONE) -> tuple[dict[str, Any], Path]:
     """The checkpoint --resume or --test names, with ``args`` reconciled with the flags it was trained with."""
     path = checkpoint.resolve(run_dir, args.resume)
     state = checkpoint.load(path)
@@ -134,7 +162,9 @@ def open_checkpoint(run_dir: Path, args: argparse.Namespace) -> tuple[dict[str, 
     if state["epoch"] >= args.epochs:
         raise ECGError(f"{run_dir.name} has already trained {state['epoch']} epochs; pass --epochs above "
                        f"{state['epoch']} to continue it, or --test to evaluate it")
-    checkpoint.repair(run_dir)  # copies of the last epoch that a kill left out, before the run goes on
+    checkpoint.check_world(state, path, procs.world, args.allow_world_size_change)
+    if procs.main:
+        checkpoint.repair(run_dir)  # copies of the last epoch that a kill left out, before the run goes on
     return state, path
 
 
@@ -179,16 +209,21 @@ def record_invocation(run_dir: Path, args: argparse.Namespace, action: str, firs
 
 
 def test_run(args: argparse.Namespace, run_dir: Path, path: Path, state: dict[str, Any], model: torch.nn.Module,
-             criterion: torch.nn.Module, data: DataSplits, device: torch.device, task: MultiLabelTask | None) -> int:
-    """Evaluate a saved checkpoint on the test split and write pred/ (``_short`` files for --short-run)."""
-    loader = make_dataloader(data.test, args.batch_size, workers=args.workers, pin_memory=device.type == "cuda")
+             criterion: torch.nn.Module, data: DataSplits, device: torch.device, task: MultiLabelTask | None,
+             procs: Processes = ALONE) -> int:
+    """Evaluate a saved checkpoint on the test split and write pred/ (``_short`` files for --short-run); under
+    torchrun every process scores its share and rank 0 writes."""
+    loader = make_dataloader(data.test, args.batch_size, workers=args.workers, pin_memory=device.type == "cuda",
+                             rank=procs.rank, world=procs.world)
     max_batches = SHORT_RUN_BATCHES if args.short_run else None
     pred_dir, tag = run_dir / "pred", f"test_{args.resume}" + ("_short" if args.short_run else "")
     if task is not None:
         return test_multilabel(args, run_dir, path, state, model, criterion, data, device, task, loader,
-                               max_batches, tag)
+                               max_batches, tag, procs)
     metrics, probs, targets = trainer.test(model, loader, criterion, device, data.classes, amp=args.amp,
-                                           max_batches=max_batches)
+                                           max_batches=max_batches, progress=procs.main)
+    if not procs.main:
+        return 0
     groups = data.test.meta["record"][: len(targets)] if data.resample_records else None
     ci = (bootstrap_classification(targets, probs.argmax(axis=1), data.classes, groups, args.bootstrap)
           if args.bootstrap else None)
@@ -223,14 +258,17 @@ def _print_ci_note(args: argparse.Namespace, unit: str) -> None:
 def test_multilabel(args: argparse.Namespace, run_dir: Path, path: Path, state: dict[str, Any],
                     model: torch.nn.Module, criterion: torch.nn.Module, data: DataSplits, device: torch.device,
                     task: MultiLabelTask, loader: torch.utils.data.DataLoader, max_batches: int | None,
-                    tag: str) -> int:
+                    tag: str, procs: Processes = ALONE) -> int:
     """Test a multi-label checkpoint with its validation thresholds; pred/ also gets Challenge output files."""
     thresholds = state.get("thresholds")
     if not isinstance(thresholds, list) or len(thresholds) != len(data.classes):
         raise ECGError(f"{path} holds no decision thresholds for {len(data.classes)} classes; it was not trained "
                        f"on a multi-label dataset by this version of pytorch-ecg")
     metrics, probs, targets = trainer.test(model, loader, criterion, device, data.classes, amp=args.amp,
-                                           max_batches=max_batches, task=task, thresholds=np.array(thresholds))
+                                           max_batches=max_batches, task=task, thresholds=np.array(thresholds),
+                                           progress=procs.main)
+    if not procs.main:
+        return 0
     ci = (bootstrap_multilabel(targets, probs, np.array(thresholds), data.classes, args.bootstrap,
                                weights=task.weights, normal_index=task.normal_index) if args.bootstrap else None)
     records = data.test.meta["record"][: len(targets)]
@@ -258,77 +296,85 @@ def test_multilabel(args: argparse.Namespace, run_dir: Path, path: Path, state: 
 
 def train_run(args: argparse.Namespace, runs_dir: Path, run_dir: Path | None, state: dict[str, Any] | None,
               path: Path | None, shape: dict[str, Any], model: torch.nn.Module, criterion: torch.nn.Module,
-              data: DataSplits, device: torch.device, raw: Path, task: MultiLabelTask | None) -> tuple[int, Path]:
-    """Train (or continue training) until --epochs, validating and checkpointing every epoch."""
+              data: DataSplits, device: torch.device, raw: Path, task: MultiLabelTask | None,
+              procs: Processes = ALONE) -> tuple[int, Path]:
+    """Train (or continue training) until --epochs, validating and checkpointing every epoch.
+
+    Under torchrun the model trains wrapped in DistributedDataParallel (gradients averaged over the processes'
+    shares of each batch) and is evaluated unwrapped; rank 0 writes the run folder with every rank's random
+    states in each checkpoint.
+    """
     max_batches = SHORT_RUN_BATCHES if args.short_run else None
     generator = torch.Generator().manual_seed(args.seed)
     sampler = get_sampler(args.sampler, data.train.labels, generator)
     pin = device.type == "cuda"
-    train_loader = make_dataloader(data.train, args.batch_size, shuffle=True, sampler=sampler,
-                                   workers=args.workers, generator=generator, pin_memory=pin)
-    val_loader = make_dataloader(data.val, args.batch_size, workers=args.workers, pin_memory=pin)
+    train_loader = make_dataloader(data.train, args.batch_size, shuffle=True, sampler=sampler, workers=args.workers,
+                                   generator=generator, pin_memory=pin, rank=procs.rank, world=procs.world)
+    val_loader = make_dataloader(data.val, args.batch_size, workers=args.workers, pin_memory=pin, rank=procs.rank,
+                                 world=procs.world)
     optimizer = get_optimizer(args.optimizer, model, args.lr, args.momentum, args.weight_decay)
     steps = min(len(train_loader), max_batches or len(train_loader))
     scheduler = get_scheduler(args.scheduler, optimizer, epochs=args.epochs, steps_per_epoch=steps,
                               step=args.step, decay=args.lr_decay, lr=args.lr)
+    net = model
+    if procs.several:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index or 0] if device.type == "cuda" else None,
+                                      gradient_as_bucket_view=True)
 
     start_epoch, best_score, best_epoch, overrides = args.start_epoch or 0, -math.inf, 0, dict(args.override)
     if state is not None:
-        checkpoint.restore_training(state, path, optimizer, scheduler, generator)
+        checkpoint.restore_training(state, path, optimizer, scheduler, generator, procs.rank)
         set_hyperparameters(optimizer, scheduler, args.override)
         overrides = {**(state.get("overrides") or {}), **args.override}
         start_epoch = state["epoch"]
         best_score, best_epoch = state.get("best_score", -math.inf), state.get("best_epoch", 0)
 
-    if run_dir is None:  # a new version, claimed only now that the run can start
-        run_dir = claim_run(runs_dir, run_name(args))
-    ensure_writable(run_dir, "the run folder")
-    remove_temporaries(run_dir)
-    record_invocation(run_dir, args, "resume" if state is not None else "train", first={
-        "run": run_dir.name, "command": sys.argv, "flags": flags(args),
-        "dataset": {"classes": data.classes, "in_channels": data.in_channels, "raw_dir": str(raw.resolve())},
-        "model": {**shape, "parameters": sum(p.numel() for p in model.parameters())}})
-    if not (run_dir / "splits.json").exists():
-        write_json(run_dir / "splits.json", data.manifest)
+    if run_dir is None:  # a new version, claimed only now that the run can start (by rank 0, for every rank)
+        run_dir = distributed.share(claim_run(runs_dir, run_name(args)) if procs.main else None)
+    if procs.main:
+        ensure_writable(run_dir, "the run folder")
+        remove_temporaries(run_dir)
+        record_invocation(run_dir, args, "resume" if state is not None else "train", world_size=procs.world, first={
+            "run": run_dir.name, "command": sys.argv, "flags": flags(args),
+            "dataset": {"classes": data.classes, "in_channels": data.in_channels, "raw_dir": str(raw.resolve())},
+            "model": {**shape, "parameters": sum(p.numel() for p in model.parameters())}})
+        if not (run_dir / "splits.json").exists():
+            write_json(run_dir / "splits.json", data.manifest)
 
-    logger = RunLogger(run_dir, args.tensorboard, start_epoch)
+    logger = RunLogger(run_dir, args.tensorboard, start_epoch) if procs.main else None
     version = run_dir.name.rsplit("_", 1)[1]
     batch_scheduler = scheduler if args.scheduler in PER_BATCH else None
     augment = Augmenter(args.augment, data.signal_channels) if args.augment else None
     parameters = sum(p.numel() for p in model.parameters())
-    print(f"run {run_dir}: {args.model_name} ({parameters:,} parameters) on {device}, "
+    where = f"{device}" + (f", {procs.world} processes" if procs.several else "")
+    print(f"run {run_dir}: {args.model_name} ({parameters:,} parameters) on {where}, "
           f"{len(data.train)} train / {len(data.val)} val examples, epochs {start_epoch + 1}-{args.epochs}")
     try:
         for epoch in range(start_epoch + 1, args.epochs + 1):
-            tr = trainer.train(model, train_loader, criterion, optimizer, device, epoch, data.classes,
+            tr = trainer.train(net, train_loader, criterion, optimizer, device, epoch, data.classes,
                                batch_scheduler=batch_scheduler, amp=args.amp, max_batches=max_batches,
-                               multilabel=data.multilabel, augment=augment)
+                               multilabel=data.multilabel, augment=augment, progress=procs.main)
+            distributed.same_buffers(model)
             val, probs, targets = trainer.validate(model, val_loader, criterion, device, data.classes,
-                                                   amp=args.amp, max_batches=max_batches, task=task)
+                                                   amp=args.amp, max_batches=max_batches, task=task,
+                                                   progress=procs.main)
             score = val[data.selection] if math.isfinite(val[data.selection]) else -math.inf
             step_epoch(scheduler, score)
             is_best = score > best_score or best_epoch == 0
             if is_best:
                 best_score, best_epoch = score, epoch
-            res = run_dir / "res" / f"val_epoch{epoch:03d}.csv"
-            if task is not None:
-                save_multilabel_predictions(res, probs, targets, data.classes, data.val.meta["record"],
-                                            val["thresholds"])
-            else:
-                save_predictions(res, probs, targets, data.classes, data.val.meta)
-            logger.log_epoch(epoch, "train", tr)
-            logger.log_epoch(epoch, "val", {
-                **{k: val[k] for k in VAL_LOGGED if k in val}, "f1_per_class": {c: m["f1"] for c, m in
-                                                                                 val["per_class"].items()}})
-            # the checkpoint is written last: it marks the epoch as complete
-            checkpoint.save({
-                "epoch": epoch, **shape, "classes": data.classes, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "best_score": best_score, "best_epoch": best_epoch, "selection": data.selection,
-                "val_macro_f1": val["macro_f1"], "thresholds": val.get("thresholds"), "preprocess": data.preprocess,
-                "args": flags(args), "overrides": overrides, "rng": checkpoint.rng_state(generator),
-            }, run_dir, is_best=is_best)
+            rng = distributed.gather(checkpoint.rng_state(generator))  # every rank's, so resume is exact
+            if procs.main:
+                save_epoch(run_dir, logger, epoch, tr, val, probs, targets, data, task, is_best, {
+                    "epoch": epoch, **shape, "classes": data.classes, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "best_score": best_score, "best_epoch": best_epoch, "selection": data.selection,
+                    "val_macro_f1": val["macro_f1"], "thresholds": val.get("thresholds"),
+                    "preprocess": data.preprocess, "args": flags(args), "overrides": overrides, "rng": rng[0],
+                    "world_size": procs.world, **({"rng_ranks": rng} if procs.several else {})})
             extra = f" {SHORT_NAMES[data.selection]} {val[data.selection]:.4f}" if data.selection != "macro_f1" else ""
             print(f"epoch {epoch:>3}/{args.epochs}  train loss {tr['loss']:.4f} acc {tr['accuracy']:.4f} "
                   f"f1 {tr['macro_f1']:.4f} | val loss {val['loss']:.4f} acc {val['accuracy']:.4f} "
@@ -337,16 +383,34 @@ def train_run(args: argparse.Namespace, runs_dir: Path, run_dir: Path | None, st
     except KeyboardInterrupt:
         again = ["--resume", "latest"] if (run_dir / checkpoint.LAST).exists() else []  # no epoch completed yet
         resume = naming_flags(args) + ["--epochs", str(args.epochs), *again, "--version", version]
-        print(f"commander.py: interrupted; checkpoints of complete epochs are kept; continue with: "
-              f"python commander.py {' '.join(resume)}", file=sys.stderr)
+        if procs.main:
+            print(f"commander.py: interrupted; checkpoints of complete epochs are kept; continue with: "
+                  f"{launcher(procs)} {' '.join(resume)}", file=sys.stderr)
         return 130, run_dir
     finally:
-        logger.close()
+        if logger is not None:
+            logger.close()
     hint = naming_flags(args) + ["--test", "--resume", "best", "--version", version]
     print(f"best validation {SHORT_NAMES[data.selection]} {best_score:.4f} at epoch {best_epoch}; evaluate it on "
           f"the test split with:\n"
           f"  python commander.py {' '.join(hint)}")
     return 0, run_dir
+
+
+def save_epoch(run_dir: Path, logger: RunLogger, epoch: int, tr: dict[str, Any], val: dict[str, Any],
+               probs: np.ndarray, targets: np.ndarray, data: DataSplits, task: MultiLabelTask | None, is_best: bool,
+               state: dict[str, Any]) -> None:
+    """What an epoch leaves in the run folder: res/ predictions, logger.json, then the checkpoint, written last
+    because it marks the epoch as complete."""
+    res = run_dir / "res" / f"val_epoch{epoch:03d}.csv"
+    if task is not None:
+        save_multilabel_predictions(res, probs, targets, data.classes, data.val.meta["record"], val["thresholds"])
+    else:
+        save_predictions(res, probs, targets, data.classes, data.val.meta)
+    logger.log_epoch(epoch, "train", tr)
+    logger.log_epoch(epoch, "val", {**{k: val[k] for k in VAL_LOGGED if k in val},
+                                    "f1_per_class": {c: m["f1"] for c, m in val["per_class"].items()}})
+    checkpoint.save(state, run_dir, is_best=is_best)
 
 
 if __name__ == "__main__":

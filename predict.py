@@ -27,7 +27,7 @@ from loaders import DETECTOR_NAMES
 
 SHIPPED = Path(__file__).resolve().parent / "models" / "shipped" / "mitbih_inter_cnn1d_3.pth.tar"
 BEAT_DATASETS = ("ecg", "ecg_bin")
-RECORD_DATASETS = ("cinc2020", "ptbxl")
+RECORD_DATASETS = ("cinc2020", "cinc2021", "ptbxl")
 ANNOTATION_EXT = "pred"
 MIN_SECONDS = 2.0  # a recording shorter than this holds no beat with its neighbours
 

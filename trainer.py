@@ -3,6 +3,10 @@
 Single-label batches carry class indices and are scored from softmax probabilities. Multi-label batches
 (``task`` given) carry multi-hot rows and are scored from sigmoid probabilities; evaluation windows of one
 record are averaged into one prediction, and decision thresholds are chosen on the validation split only.
+
+Under torchrun every process passes over its share of a loader; the outputs of all processes are gathered
+(:func:`gather_batches`) before any score is computed, so every process computes the scores of the whole
+split, each example counted exactly once.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from toolbox.distributed import gather, world
 from toolbox.metrics import (
     MultiLabelTask,
     classification_metrics,
@@ -36,7 +41,22 @@ def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextMana
     return contextlib.nullcontext()
 
 
-def _batches(loader: DataLoader, max_batches: int | None, desc: str, progress: bool):
+def gather_batches(batches: list[Any]) -> list[Any]:
+    """Per-batch results of every process, back in the loader's order: evaluation loaders give process r the
+    batches r, r + world, ... (:class:`loaders.dataset.EvaluationShards`), training loaders give every process
+    a share of each batch (concatenated here in rank order)."""
+    parts = gather(batches)
+    if len(parts) == 1:
+        return parts[0]
+    return [parts[b % len(parts)][b // len(parts)] for b in range(sum(len(p) for p in parts))]
+
+
+def _batches(loader: DataLoader, max_batches: int | None, desc: str, progress: bool, *, shard: bool = False):
+    """The loader's batches, at most ``max_batches`` of them; for an evaluation ``shard`` of several processes,
+    those of the first ``max_batches`` batches of the whole loader that fall to this process."""
+    rank, size = world()
+    if shard and max_batches is not None and size > 1:
+        max_batches = len(range(rank, max_batches, size))
     total = len(loader) if max_batches is None else min(len(loader), max_batches)
     with tqdm(total=total, desc=desc, unit="batch", leave=False, disable=None if progress else True) as bar:
         for i, batch in enumerate(itertools.islice(loader, total)):
@@ -80,7 +100,9 @@ def train(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer:
         n += len(y)
         outputs.append((logits.detach().float() > 0) if multilabel else logits.argmax(dim=1))
         targets.append(y)
-    out, tgt = torch.cat(outputs).cpu().numpy(), torch.cat(targets).cpu().numpy()
+    parts = gather((loss_sum, n, torch.cat(outputs).cpu().numpy(), torch.cat(targets).cpu().numpy()))
+    loss_sum, n = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    out, tgt = np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts])
     if multilabel:
         metrics = decision_scores(tgt, out)
     else:
@@ -95,16 +117,16 @@ def _predict(model: nn.Module, loader: DataLoader, criterion: nn.Module, device:
              multilabel: bool) -> tuple[float, np.ndarray, np.ndarray]:
     """(mean loss, probabilities, targets) over the loader, per example (multi-label: per record)."""
     model.eval()
-    loss_sum, n, probs, targets = 0.0, 0, [], []
-    for _, (x, y) in _batches(loader, max_batches, desc, progress):
+    done = []  # per batch: (loss sum, probabilities, targets)
+    for _, (x, y) in _batches(loader, max_batches, desc, progress, shard=True):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with _autocast(device, amp):
             logits = model(x)
-        loss_sum += criterion(logits.float(), y).item() * len(y)
-        n += len(y)
-        probs.append(_probabilities(logits.float(), multilabel).cpu())
-        targets.append(y.cpu())
-    p, t = torch.cat(probs).numpy(), torch.cat(targets).numpy()
+        done.append((criterion(logits.float(), y).item() * len(y), _probabilities(logits.float(), multilabel).cpu(),
+                     y.cpu()))
+    done = gather_batches(done)
+    loss_sum, n = sum(d[0] for d in done), sum(len(d[2]) for d in done)
+    p, t = torch.cat([d[1] for d in done]).numpy(), torch.cat([d[2] for d in done]).numpy()
     if multilabel:
         p, t = _average_windows(p, t, loader.dataset.groups)
     return loss_sum / max(n, 1), p, t

@@ -182,7 +182,7 @@ def _convert(task: tuple[str, Header, int]) -> np.ndarray:
     order = lead_order(header, folder)
     counts, per_count = read_counts(folder, header, order), scale(header, order)
     if header.fs == fs:
-        return to_counts(counts, 1.0)
+        return to_counts(counts)
     return to_counts(resample_signal(to_mv(counts, per_count), header.fs, fs, axis=0), per_count)
 
 

@@ -47,10 +47,13 @@ def to_mv(counts: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return counts.astype(np.float32) * np.asarray(scale, dtype=np.float32)
 
 
-def to_counts(mv: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """``mv`` (..., leads) rounded to whole counts of ``scale`` mV, clipped to the int16 range."""
-    counts = np.rint(np.asarray(mv, dtype=np.float64) / np.asarray(scale, dtype=np.float64))
+def to_counts(mv: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+    """``mv`` (..., leads) rounded to whole counts of ``scale`` mV, clipped to the int16 range; integer ``mv``
+    without ``scale`` are counts already, and only clipped."""
     info = np.iinfo(COUNTS)
+    if scale is None:
+        return np.clip(mv, info.min, info.max).astype(COUNTS)
+    counts = np.rint(np.asarray(mv, dtype=np.float64) / np.asarray(scale, dtype=np.float64))
     return np.clip(counts, info.min, info.max).astype(COUNTS)
 
 
@@ -299,8 +302,11 @@ class _converted:
     def __enter__(self):
         if self.workers <= 1 or len(self.tasks) < PARALLEL_FROM:
             return map(self.convert, self.tasks)
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload([self.convert.__module__])  # imported once, not once per worker
+        else:
+            context = multiprocessing.get_context("spawn")
         self.pool = context.Pool(self.workers)
         return self.pool.imap(self.convert, self.tasks, chunksize=8)
 

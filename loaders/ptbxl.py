@@ -107,7 +107,7 @@ def _convert(task: tuple[str, object, int]) -> np.ndarray:
         raise ECGError(f"PTB-XL record {path}: its signal file does not match its header")
     counts = rec.d_signal[:, order].astype(np.int64) - np.rint(header.baselines[order]).astype(np.int64)
     if header.fs == fs:
-        return to_counts(counts, 1.0)
+        return to_counts(counts)
     per_count = scale(header, order)
     return to_counts(resample_signal(to_mv(counts, per_count), header.fs, fs, axis=0), per_count)
 

@@ -145,14 +145,27 @@ def load_weights(state: dict[str, Any], path: Path, model: torch.nn.Module) -> N
         raise ECGError(f"{path}: its weights do not fit this model ({_first_line(exc)})") from None
 
 
+def check_world(state: dict[str, Any], path: Path, world: int, allow_change: bool) -> None:
+    """A run resumes with the number of processes it was trained with (so its draws continue exactly), unless
+    ``allow_change``."""
+    trained = int(state.get("world_size", 1))
+    if trained != world and not allow_change:
+        launch = "python commander.py" if trained == 1 else f"torchrun --nproc_per_node {trained} commander.py"
+        raise ECGError(f"{path} was trained by {trained} process{'es' if trained > 1 else ''}, this is {world}; "
+                       f"resume with {launch} (or pass --allow-world-size-change: the order of examples then "
+                       f"differs from an uninterrupted run)")
+
+
 def restore_training(state: dict[str, Any], path: Path, optimizer: torch.optim.Optimizer, scheduler: Any,
-                     generator: torch.Generator) -> None:
-    """Restore optimizer, scheduler and random-number states from a full checkpoint."""
+                     generator: torch.Generator, rank: int = 0) -> None:
+    """Restore optimizer, scheduler and random-number states from a full checkpoint; process ``rank`` takes its
+    own random states (``rng_ranks``, saved by runs of several processes; ranks beyond them wrap around)."""
     try:
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state["scheduler"] is not None:
             scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"], generator)
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        set_rng_state(ranks[rank % len(ranks)], generator)
     except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ECGError(f"{path} holds no complete training state ({_first_line(exc)}); resume from another "
                        f"checkpoint (--resume best|N) or load its weights with --pretrained") from None

@@ -74,14 +74,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup_env(seed: int, disable_cuda: bool) -> torch.device:
-    """Seed every generator and pick the device (CUDA when present and not disabled)."""
+def setup_env(seed: int, disable_cuda: bool, local_rank: int = 0) -> torch.device:
+    """Seed every generator and pick the device (CUDA when present and not disabled; under torchrun the GPU of
+    this process's ``local_rank``)."""
     import torch
 
-    seed_everything(seed)
+    seed_everything(seed % 2**32)
     if not disable_cuda and torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
-        return torch.device("cuda")
+        return torch.device("cuda", local_rank) if local_rank else torch.device("cuda")
     return torch.device("cpu")
 
 
