@@ -155,7 +155,7 @@ def scale(header: Header, order: list[int]) -> np.ndarray:
 
 def read_counts(folder: Path, header: Header, order: list[int]) -> np.ndarray:
     """The record's integer samples (publisher's counts minus each lead's baseline) of leads ``order``:
-    (samples, leads) int64."""
+    (samples, leads) int32."""
     path = folder / f"{header.record}.mat"
     try:
         val = scipy.io.loadmat(path)["val"]
@@ -165,7 +165,7 @@ def read_counts(folder: Path, header: Header, order: list[int]) -> np.ndarray:
     if val.shape != (len(header.leads), header.samples):
         raise ECGError(f"{path} holds {val.shape[0]} x {val.shape[1]} values but its header says "
                        f"{len(header.leads)} leads x {header.samples} samples")
-    return (val[order].astype(np.int64) - np.rint(header.baselines[order, None]).astype(np.int64)).T
+    return (val[order].astype(np.int32) - np.rint(header.baselines[order, None]).astype(np.int32)).T
 
 
 def read_signal(folder: Path, header: Header, leads: list[str] = LEADS) -> np.ndarray:

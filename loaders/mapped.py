@@ -21,8 +21,13 @@ import mmap
 import multiprocessing
 import os
 import shutil
+import socket
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +42,8 @@ log = logging.getLogger(__name__)
 COUNTS = np.int16
 PARALLEL_FROM = 256  # records: smaller databases are converted in this process (no worker start-up cost)
 MAX_WORKERS = 8
+CHUNK = 16  # records converted and written per task
+AHEAD = 4  # chunks per worker converted ahead of the writer
 RELEASE_BYTES = 64 << 20  # mapped pages read since the last release; beyond this they are handed back
 PROGRESS_EVERY = 2.0  # seconds between progress notes of a build
 
@@ -214,13 +221,13 @@ def build_store(folder: Path, plan: Plan, tasks: Sequence[Any], convert: Callabl
                 workers: int | None = None, progress: bool = True) -> None:
     """Convert every record of ``plan`` into the cache ``folder`` (see the module docstring).
 
-    Work goes to ``<folder>.partial/`` first: ``signal.npy`` is allocated at its final size, records are written
-    in order, and ``progress.json`` notes (after an fsync) how many are in. A later call with the same plan
-    continues from there; the finished folder is renamed into place.
+    Work goes to ``.<folder>.<host>.partial/`` first: ``signal.npy`` is allocated at its final size, records are
+    written at their offsets in chunks, and ``progress.json`` notes (after an fsync) how many leading records are
+    in. A later call with the same plan continues from there; the finished folder is renamed into place.
     """
     if len(tasks) != len(plan.names):
         raise ValueError(f"{len(tasks)} tasks for {len(plan.names)} records")
-    partial = folder.with_name(f".{folder.name}.partial")
+    partial = folder.with_name(f".{folder.name}.{socket.gethostname()}.partial")  # per machine, on shared disks
     offsets = plan.offsets()
     shape = (int(offsets[-1]), len(plan.leads))
     done = _resume_point(partial, plan)
@@ -232,26 +239,23 @@ def build_store(folder: Path, plan: Plan, tasks: Sequence[Any], convert: Callabl
     else:
         log.warning("continuing the interrupted build of %s at record %d of %d", folder.name, done, len(plan.names))
     start = _data_offset(partial / "signal.npy")
+    row = len(plan.leads) * np.dtype(COUNTS).itemsize
+    items = [(tasks[r], start + int(offsets[r]) * row, (int(plan.lengths[r]), len(plan.leads)), plan.names[r])
+             for r in range(done, len(plan.names))]
+    chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+    bar = tqdm(total=len(plan.names), initial=done, desc="caching records", unit="record", leave=False,
+               disable=None if progress else True)
+    noted, n_workers = time.monotonic(), workers if workers is not None else default_workers()
     with open(partial / "signal.npy", "r+b") as f:
-        n_workers = workers if workers is not None else default_workers()
-        todo = range(done, len(plan.names))
-        bar = tqdm(total=len(plan.names), initial=done, desc="caching records", unit="record", leave=False,
-                   disable=None if progress else True)
-        noted = time.monotonic()
-        with _converted(convert, [tasks[r] for r in todo], n_workers) as results:
-            for r, counts in zip(todo, results, strict=True):
-                if counts.shape != (plan.lengths[r], len(plan.leads)) or counts.dtype != COUNTS:
-                    raise ValueError(f"record {plan.names[r]}: converted to {counts.shape} {counts.dtype}, planned "
-                                     f"({plan.lengths[r]}, {len(plan.leads)}) int16")
-                f.seek(start + int(offsets[r]) * shape[1] * np.dtype(COUNTS).itemsize)
-                f.write(np.ascontiguousarray(counts).tobytes())
-                bar.update()
-                if time.monotonic() - noted > PROGRESS_EVERY:
-                    _sync(f)
-                    _note_progress(partial, plan, r + 1)
-                    noted = time.monotonic()
-        bar.close()
+        for n in _written(convert, partial / "signal.npy", chunks, n_workers):
+            done += n
+            bar.update(n)
+            if time.monotonic() - noted > PROGRESS_EVERY:
+                _sync(f)  # flushes what every process wrote into the file
+                _note_progress(partial, plan, done)
+                noted = time.monotonic()
         _sync(f)
+    bar.close()
     index = {"names": np.array(plan.names), "offsets": offsets, "scale": plan.scale.astype(np.float32),
              "fs": np.array(plan.fs), "leads": np.array(plan.leads),
              **{f"extra_{k}": np.asarray(v) for k, v in plan.extra.items()}}
@@ -291,26 +295,48 @@ def _sync(f: Any) -> None:
     os.fsync(f.fileno())
 
 
-class _converted:
-    """Context manager yielding ``convert(task)`` for each task in order: in this process, or in a pool of
-    ``workers`` processes (forkserver: clean children, no threads inherited from torch) for large builds."""
+def _write_chunk(convert: Callable[[Any], np.ndarray], path: Path, chunk: list[tuple[Any, int, tuple, str]]) -> int:
+    """Convert each record of ``chunk`` and write it at its byte offset of ``path``; how many were written."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for task, offset, shape, name in chunk:
+            counts = convert(task)
+            if counts.shape != shape or counts.dtype != COUNTS:
+                raise ValueError(f"record {name}: converted to {counts.shape} {counts.dtype}, planned {shape} int16")
+            os.pwrite(fd, np.ascontiguousarray(counts).tobytes(), offset)
+    finally:
+        os.close(fd)
+    return len(chunk)
 
-    def __init__(self, convert: Callable[[Any], np.ndarray], tasks: list[Any], workers: int) -> None:
-        self.convert, self.tasks, self.workers = convert, tasks, workers
-        self.pool = None
 
-    def __enter__(self):
-        if self.workers <= 1 or len(self.tasks) < PARALLEL_FROM:
-            return map(self.convert, self.tasks)
-        if "forkserver" in multiprocessing.get_all_start_methods():
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload([self.convert.__module__])  # imported once, not once per worker
-        else:
-            context = multiprocessing.get_context("spawn")
-        self.pool = context.Pool(self.workers)
-        return self.pool.imap(self.convert, self.tasks, chunksize=8)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+def _written(convert: Callable[[Any], np.ndarray], path: Path, chunks: list[list], workers: int) -> Iterator[int]:
+    """Write ``chunks`` of records (:func:`_write_chunk`), yielding how many records each finished chunk held,
+    in order. Large builds run in ``workers`` processes, each writing its records into the file itself (only
+    counts come back), at most a few chunks ahead. Workers that fail to start or die leave the rest to this
+    process, with a warning."""
+    if workers <= 1 or sum(map(len, chunks)) < PARALLEL_FROM:
+        for chunk in chunks:
+            yield _write_chunk(convert, path, chunk)
+        return
+    # Linux: fork, so the workers start at once with the modules this process has imported (a spawned worker
+    # spends seconds importing torch and scipy before its first record); they touch no torch, so threads that
+    # torch may have started here do not matter. Elsewhere: spawn (fork is unsafe on macOS).
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    finished = 0
+    pool = ProcessPoolExecutor(workers, mp_context=context)
+    try:
+        pending: deque = deque(pool.submit(_write_chunk, convert, path, c) for c in chunks[: AHEAD * workers])
+        following = iter(chunks[AHEAD * workers:])
+        while pending:
+            n = pending.popleft().result()
+            nxt = next(following, None)
+            if nxt is not None:
+                pending.append(pool.submit(_write_chunk, convert, path, nxt))
+            finished += 1
+            yield n
+    except BrokenProcessPool as exc:
+        log.warning("worker processes failed (%s); converting the remaining records in this process", exc)
+        for chunk in chunks[finished:]:
+            yield _write_chunk(convert, path, chunk)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

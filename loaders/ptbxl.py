@@ -105,7 +105,7 @@ def _convert(task: tuple[str, object, int]) -> np.ndarray:
     order = lead_order(header, path.parent)
     if rec.d_signal is None or rec.d_signal.shape != (header.samples, len(header.leads)):
         raise ECGError(f"PTB-XL record {path}: its signal file does not match its header")
-    counts = rec.d_signal[:, order].astype(np.int64) - np.rint(header.baselines[order]).astype(np.int64)
+    counts = rec.d_signal[:, order].astype(np.int32) - np.rint(header.baselines[order]).astype(np.int32)
     if header.fs == fs:
         return to_counts(counts)
     per_count = scale(header, order)
