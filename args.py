@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from loaders import BEAT_FORMAT_NAMES, DATASETS, LEAD_SETS
+from loaders import BEAT_FORMAT_NAMES, DATASETS, LEAD_SETS, PTBXL_LABEL_SETS
 from models import MODELS
 from toolbox.utils import ECGError
 
@@ -129,7 +129,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "ptb: PTB Diagnostic beats (Kaggle CSVs), normal versus abnormal; cinc2020: "
                         "PhysioNet/CinC Challenge 2020 twelve-lead records, 24 scored classes, multi-label; "
                         "cinc2021: the same records scored as in the 2021 Challenge (26 classes, its reward table); "
-                        "ptbxl: PTB-XL twelve-lead records, 5 diagnostic superclasses, multi-label")
+                        "ptbxl: PTB-XL twelve-lead records in the label sets of its benchmark (--labels), multi-label")
     g.add_argument("--root-dir", default=Path("ecg_data"), type=Path,
                    help="where runs and caches are written; raw databases are read from $ECG_DATA_ROOT/<db> "
                         "when that is set, else from <root-dir>/<db>")
@@ -156,6 +156,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--leads", default=12, type=int, choices=list(LEAD_SETS),
                    help="cinc2020, cinc2021: the Challenge 2021 lead subsets: 12, 6 (I, II, III, aVR, aVL, aVF), "
                         "4 (I, II, III, V2), 3 (I, II, V2) or 2 (I, II); the model's input channels follow")
+    g.add_argument("--labels", default=PTBXL_LABEL_SETS[0], choices=list(PTBXL_LABEL_SETS),
+                   help="ptbxl: the PTB-XL benchmark's label set: superdiagnostic (5 classes), subdiagnostic (their "
+                        "subclasses), diagnostic, form, rhythm (those statements) or all (every statement); records "
+                        "without a label of the set are left out")
     g.add_argument("--seq-len", default=10.0, type=POSITIVE,
                    help="cinc2020, ptbxl: window length in seconds (random crops for training, sliding windows "
                         "averaged for evaluation; shorter records are zero-padded)")
@@ -303,6 +307,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     elif args.split not in spec.splits:
         parser.error(f"--split {args.split} is not a split of --dataset {args.dataset}; "
                      f"valid: {', '.join(spec.splits)}")
+    if "labels" in given and not spec.label_sets:
+        parser.error(f"--labels picks a PTB-XL label set (--dataset ptbxl), not labels of {args.dataset}")
     if "leads" in given and not spec.lead_sets:
         parser.error(f"--leads picks Challenge 2021 lead subsets (cinc2020, cinc2021), not leads of {args.dataset}")
     _check_folds(parser, args)
@@ -432,6 +438,8 @@ def name_parts(args: argparse.Namespace) -> list[str]:
         parts.append(f"{args.fs}hz-{args.seq_len:g}s")
     if args.leads != d.leads:
         parts.append(f"leads{args.leads}")
+    if args.labels != d.labels:
+        parts.append(f"labels-{args.labels}")
     if args.threshold_metric is not None and args.threshold_metric != default_threshold_metric(args.dataset):
         parts.append(f"thr-{args.threshold_metric}")
     if args.class_balance:
@@ -459,9 +467,9 @@ def run_name(args: argparse.Namespace) -> str:
 
 
 # flags a user repeats to find a run again (--root-dir and the flags of name_parts)
-NAMING = ("root_dir", "model_name", "split", "folds", "fold", "split_seed", "fs", "seq_len", "leads", "optimizer", "lr",
-          "momentum", "weight_decay", "batch_size", "scheduler", "step", "lr_decay", "criterion", "class_balance",
-          "sampler", "threshold_metric", "label_smoothing", "beat_format", "pretrained")
+NAMING = ("root_dir", "model_name", "split", "folds", "fold", "split_seed", "fs", "seq_len", "leads", "labels",
+          "optimizer", "lr", "momentum", "weight_decay", "batch_size", "scheduler", "step", "lr_decay", "criterion",
+          "class_balance", "sampler", "threshold_metric", "label_smoothing", "beat_format", "pretrained")
 SWITCHES = ("median_beat", "rr_features")
 
 

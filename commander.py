@@ -176,6 +176,8 @@ def build_data(args: argparse.Namespace, spec: DatasetSpec, run_dir: Path | None
     extra: dict[str, Any] = {"fs": args.fs, "seq_len": args.seq_len} if spec.multilabel else {}
     if spec.lead_sets:
         extra["leads"] = args.leads
+    if spec.label_sets:
+        extra["labels"] = args.labels
     if spec.db == "mitdb":  # the beat options (the parser refuses them for the other datasets)
         extra = {"rr_features": args.rr_features, "beat_format": args.beat_format, "median_beat": args.median_beat,
                  "folds": args.folds, "fold": args.fold}

@@ -14,7 +14,8 @@ from typing import Any
 
 from toolbox.utils import ECGError
 
-__all__ = ["BEAT_FORMAT_NAMES", "DATASETS", "DETECTOR_NAMES", "SOURCES", "DatasetSpec", "get_loader", "raw_dir"]
+__all__ = ["BEAT_FORMAT_NAMES", "DATASETS", "DETECTOR_NAMES", "LEAD_SETS", "PTBXL_LABEL_SETS", "SOURCES", "DatasetSpec",
+           "get_loader", "raw_dir"]
 
 # PhysioNet/CinC Challenge 2020-2021 record-name prefix -> source database (the ``source-X`` splits)
 SOURCES = {"A": "CPSC 2018", "Q": "CPSC-Extra", "I": "St Petersburg INCART", "S": "PTB", "HR": "PTB-XL",
@@ -23,6 +24,8 @@ SOURCES = {"A": "CPSC 2018", "Q": "CPSC-Extra", "I": "St Petersburg INCART", "S"
 BEAT_FORMAT_NAMES = ("kaggle", "centered", "filtered")
 # R-peak detectors of ``loaders.detect.DETECTORS`` (named here so that --help imports nothing heavy)
 CHALLENGE_SPLITS = ("records", *(f"source-{s}" for s in SOURCES))
+# the PTB-XL benchmark's label sets (loaders.ptbxl.label_map defines them)
+PTBXL_LABEL_SETS = ("superdiagnostic", "subdiagnostic", "diagnostic", "form", "rhythm", "all")
 LEAD_SETS = (12, 6, 4, 3, 2)  # the Challenge 2021 lead subsets (loaders.cinc2020.LEAD_SETS names their leads)
 DETECTOR_NAMES = ("nk-neurokit", "nk-pantompkins1985", "nk-hamilton2002", "nk-elgendi2010", "nk-kalidas2017",
                   "nk-rodrigues2021", "wfdb-gqrs", "wfdb-xqrs")
@@ -50,6 +53,7 @@ class DatasetSpec:
     splits: tuple[str, ...]
     fs: int | None = None  # default --fs of a record dataset
     lead_sets: tuple[int, ...] = ()  # --leads values (the Challenge 2021 subsets); the builder then takes ``leads``
+    label_sets: tuple[str, ...] = ()  # --labels values (first = default); the builder then takes ``labels``
 
     @property
     def multilabel(self) -> bool:
@@ -63,7 +67,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "cinc2020": DatasetSpec("cinc2020", _lazy("cinc2020", "build"), CHALLENGE_SPLITS, fs=500, lead_sets=LEAD_SETS),
     "cinc2021": DatasetSpec("cinc2021", _lazy("cinc2020", "build", release=2021), CHALLENGE_SPLITS, fs=500,
                             lead_sets=LEAD_SETS),
-    "ptbxl": DatasetSpec("ptbxl", _lazy("ptbxl", "build"), ("folds",), fs=100),
+    "ptbxl": DatasetSpec("ptbxl", _lazy("ptbxl", "build"), ("folds",), fs=100, label_sets=PTBXL_LABEL_SETS),
 }
 
 

@@ -1,11 +1,20 @@
-"""PTB-XL (Wagner et al. 2020): twelve-lead 10-second records, five diagnostic superclasses, multi-label.
+"""PTB-XL (Wagner et al. 2020): twelve-lead 10-second records, multi-label, in the label sets of its benchmark.
 
-Labels follow the PTB-XL benchmark (Strodthoff et al. 2021): every SCP code of a record that
-``scp_statements.csv`` marks diagnostic contributes its ``diagnostic_class``; records with none are left
-out. Folds come from ``strat_fold``: 1-8 train, 9 validation, 10 test (patient-disjoint by construction).
+Labels follow the PTB-XL benchmark (Strodthoff et al. 2021, ``--labels``): every SCP code of a record counts,
+whatever its likelihood, for the class the label set gives it in ``scp_statements.csv``:
+
+- ``superdiagnostic`` (default): the ``diagnostic_class`` of diagnostic codes: NORM, MI, STTC, CD, HYP;
+- ``subdiagnostic``: their ``diagnostic_subclass`` (23 in the full database);
+- ``diagnostic``, ``form``, ``rhythm``: the codes marked so (44, 19 and 12 statements);
+- ``all``: every statement (71).
+
+Classes are those the records hold (superdiagnostic: always the five); records without one are left out and
+counted in ``splits.json``. Folds come from ``strat_fold``: 1-8 train, 9 validation, 10 test (patient-disjoint
+by construction).
 
 Every record of the database table is cached once at the training rate in a memory-mapped int16 array
-(:mod:`loaders.mapped`); labels come from the tables at every load, so a changed table needs no new cache.
+(:mod:`loaders.mapped`); labels come from the tables at every load, so neither a changed table nor another
+label set needs a new cache.
 """
 from __future__ import annotations
 
@@ -19,6 +28,7 @@ import pandas as pd
 import wfdb
 from tqdm import tqdm
 
+from loaders import PTBXL_LABEL_SETS as LABEL_SETS
 from loaders.cinc2020 import LEADS, lead_order, read_header, scale
 from loaders.dataset import DataSplits, RecordDataset, fingerprint, resampled_length
 from loaders.dataset import resample as resample_signal
@@ -28,6 +38,8 @@ from toolbox.utils import ECGError
 log = logging.getLogger(__name__)
 
 SUPERCLASSES = ["NORM", "MI", "STTC", "CD", "HYP"]
+SUPERCLASS_NAMES = {"NORM": "normal ECG", "MI": "myocardial infarction", "STTC": "ST/T change",
+                    "CD": "conduction disturbance", "HYP": "hypertrophy"}
 FOLDS = {"train": list(range(1, 9)), "val": [9], "test": [10]}
 NATIVE_FS = 100  # records100/ (the low-rate copies); records500/ is used when --fs asks for more than 100 Hz
 def files_hint(folder: Path) -> str:
@@ -40,7 +52,7 @@ CACHE_VERSION = 2  # 2: every record of the table in one memory-mapped int16 arr
 
 
 DATABASE_COLUMNS = ("ecg_id", "scp_codes", "strat_fold", "filename_lr", "filename_hr")
-STATEMENT_COLUMNS = ("diagnostic", "diagnostic_class")
+STATEMENT_COLUMNS = ("description", "diagnostic", "form", "rhythm", "diagnostic_class", "diagnostic_subclass")
 
 
 def _scp_codes(cell: Any, ecg_id: Any, path: Path) -> dict[str, float]:
@@ -55,8 +67,8 @@ def _scp_codes(cell: Any, ecg_id: Any, path: Path) -> dict[str, float]:
     return codes
 
 
-def read_tables(folder: Path) -> tuple[pd.DataFrame, dict[str, str]]:
-    """The database table (indexed by ecg_id) and the map from diagnostic SCP code to superclass."""
+def read_tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The database table (indexed by ecg_id, ``scp_codes`` parsed) and the statements table (by SCP code)."""
     db_file, scp_file = folder / "ptbxl_database.csv", folder / "scp_statements.csv"
     for f in (db_file, scp_file):
         if not f.is_file():
@@ -77,17 +89,35 @@ def read_tables(folder: Path) -> tuple[pd.DataFrame, dict[str, str]]:
         raise ECGError(f"{db_file}: ecg_id {bad}: strat_fold {db.loc[bad, 'strat_fold']} is not a fold 1-10")
     db["strat_fold"] = folds.astype(int)
     db["scp_codes"] = [_scp_codes(cell, i, db_file) for i, cell in zip(db.index, db["scp_codes"], strict=True)]
-    diagnostic = scp[scp["diagnostic"] == 1]["diagnostic_class"].dropna().to_dict()
-    return db, diagnostic
+    return db, scp
 
 
-def superclass_labels(scp_codes: dict[str, float], diagnostic: dict[str, str]) -> np.ndarray:
-    """Multi-hot vector over ``SUPERCLASSES`` of one record's SCP codes (any likelihood counts)."""
-    row = np.zeros(len(SUPERCLASSES), dtype=np.float32)
-    for code in scp_codes:
-        if code in diagnostic:
-            row[SUPERCLASSES.index(diagnostic[code])] = 1
-    return row
+def label_map(scp: pd.DataFrame, label_set: str) -> dict[str, str]:
+    """SCP code -> the class it counts for in ``label_set`` (one of ``LABEL_SETS``)."""
+    diagnostic = scp[scp["diagnostic"] == 1]
+    if label_set == "superdiagnostic":
+        return diagnostic["diagnostic_class"].dropna().to_dict()
+    if label_set == "subdiagnostic":
+        return diagnostic["diagnostic_subclass"].dropna().to_dict()
+    if label_set in ("diagnostic", "form", "rhythm"):
+        return {c: c for c in scp.index[scp[label_set] == 1]}
+    if label_set == "all":
+        return {c: c for c in scp.index}
+    raise ECGError(f"unknown PTB-XL label set '{label_set}'; valid: {', '.join(LABEL_SETS)}")
+
+
+def labels_of(db: pd.DataFrame, scp: pd.DataFrame, label_set: str) -> tuple[list[str], list[str], np.ndarray]:
+    """Classes, readable class names and the multi-hot labels of every record of ``db`` in ``label_set``."""
+    mapping = label_map(scp, label_set)
+    sets = [{mapping[c] for c in codes if c in mapping} for codes in db["scp_codes"]]
+    classes = SUPERCLASSES if label_set == "superdiagnostic" else sorted(set().union(*sets))
+    index = {c: k for k, c in enumerate(classes)}
+    labels = np.zeros((len(db), len(classes)), dtype=np.float32)
+    for r, found in enumerate(sets):
+        labels[r, [index[c] for c in found]] = 1
+    described = scp["description"].dropna().to_dict()
+    names = [SUPERCLASS_NAMES.get(c) or described.get(c) or c for c in classes]
+    return classes, names, labels
 
 
 def fold_split(folds: np.ndarray) -> dict[str, np.ndarray]:
@@ -113,13 +143,13 @@ def _convert(task: tuple[str, object, int]) -> np.ndarray:
 
 
 def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True,
-                 workers: int | None = None) -> tuple[pd.DataFrame, dict[str, str], RecordStore]:
+                 workers: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame, RecordStore]:
     """The tables and every record of the database table at ``fs`` Hz, memory-mapped (store row i is table row i).
 
     Read from ``records100/`` up to 100 Hz, else from ``records500/``. The cache is keyed by the sampling rate
     and the sizes and times of every record file.
     """
-    db, diagnostic = read_tables(folder)
+    db, scp = read_tables(folder)
     column = "filename_lr" if fs <= NATIVE_FS else "filename_hr"
     files = [folder / f"{rel}{ext}" for rel in db[column] for ext in (".hea", ".dat")]
     missing = next((f for f in files if not f.is_file()), None)
@@ -137,36 +167,37 @@ def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True,
 
     store = cached_records(cache_dir, f"ptbxl_{fs}hz_v{CACHE_VERSION}", fingerprint(files), plan, _convert,
                            what=f"the PTB-XL records in {folder}", workers=workers, progress=progress)
-    return db, diagnostic, store
+    return db, scp, store
 
 
 def build(raw_dir: Path, cache_dir: Path, *, split_seed: int, protocol: str = "folds", fs: int = NATIVE_FS,
           seq_len: float = 10.0, saved_manifest: dict[str, Any] | None = None, data_url: str | None = None,
-          progress: bool = True) -> DataSplits:
-    """Train/val/test datasets of PTB-XL's five diagnostic superclasses on its recommended folds."""
+          progress: bool = True, labels: str = "superdiagnostic") -> DataSplits:
+    """Train/val/test datasets of PTB-XL in label set ``labels`` on its recommended folds."""
     if data_url:
         raise ECGError(f"--data-url is for MIT-BIH and ptb; for ptbxl {files_hint(raw_dir)}")
-    db, diagnostic, store = load_records(raw_dir, cache_dir, fs, progress)
-    labels = np.stack([superclass_labels(c, diagnostic) for c in db["scp_codes"]])
-    keep = np.flatnonzero(labels.any(axis=1))
+    db, scp, store = load_records(raw_dir, cache_dir, fs, progress)
+    classes, names, multi_hot = labels_of(db, scp, labels)
+    keep = np.flatnonzero(multi_hot.any(axis=1))
     if not len(keep):
-        raise ECGError(f"no record of {raw_dir / 'ptbxl_database.csv'} has a diagnostic superclass")
+        raise ECGError(f"no record of {raw_dir / 'ptbxl_database.csv'} has a label of the set {labels}")
     ecg_id, folds = db.index.to_numpy(), db["strat_fold"].to_numpy()
     split = {k: keep[v] for k, v in fold_split(folds[keep]).items()}
     if saved_manifest is not None:
         saved = {k: saved_manifest.get(k) for k in FOLDS}
-        if saved != {k: ecg_id[v].tolist() for k, v in split.items()}:
-            raise ECGError("the run's splits.json lists other PTB-XL records than the data folder holds now; "
-                           "restore the data or start a new run with --version bump")
+        same_classes = saved_manifest.get("classes", SUPERCLASSES) == classes
+        if saved != {k: ecg_id[v].tolist() for k, v in split.items()} or not same_classes:
+            raise ECGError("the run's splits.json lists other PTB-XL records or classes than the data folder gives "
+                           "now; restore the data or start a new run with --version bump")
     window = int(round(seq_len * fs))
     preprocess = {"fs": fs, "window": window, "stride": window // 2, "leads": LEADS, "units": "mV"}
     manifest = saved_manifest or {
         "database": "PTB-XL", "protocol": protocol, "split_seed": split_seed, "preprocess": preprocess,
-        "classes": SUPERCLASSES, "folds": FOLDS, "dropped_without_superclass": int(len(db) - len(keep)),
-        **{k: ecg_id[v].tolist() for k, v in split.items()}}
+        "label_set": labels, "classes": classes, "class_names": names, "folds": FOLDS,
+        "dropped_without_label": int(len(db) - len(keep)), **{k: ecg_id[v].tolist() for k, v in split.items()}}
 
     def subset(idx: np.ndarray, train: bool) -> RecordDataset:
-        return RecordDataset(store, idx, labels[idx], SUPERCLASSES, window, random_crop=train,
+        return RecordDataset(store, idx, multi_hot[idx], classes, window, random_crop=train,
                              stride=preprocess["stride"], meta={"record": ecg_id[idx]})
 
     return DataSplits(subset(split["train"], True), subset(split["val"], False), subset(split["test"], False),

@@ -236,7 +236,7 @@ def test_ptbxl_folds_and_superclasses(data_root: Path, tmp_path: Path) -> None:
             want = {scp.loc[c, "diagnostic_class"] for c in codes if c in scp.index and scp.loc[c, "diagnostic"] == 1}
             assert {ptbxl.SUPERCLASSES[k] for k in np.flatnonzero(row)} == want
     unlabelled = len(table) - len(everything)
-    assert unlabelled == data.manifest["dropped_without_superclass"] > 0
+    assert unlabelled == data.manifest["dropped_without_label"] > 0
     assert data.train.in_channels == 12 and data.test[0][0].shape == (12, 1000)
 
 
@@ -598,3 +598,43 @@ def test_predict_scores_challenge_records_as_the_test_split(cinc_run: Path, cinc
         title = f"{name} ({code})" if name != code else code
         np.testing.assert_allclose(got[f"p {title}"], pred[f"p_{code}"], atol=1e-4)
         assert got[f"label {title}"].tolist() == (got[f"p {title}"] >= threshold).astype(int).tolist()
+
+
+@pytest.mark.parametrize("label_set", ["subdiagnostic", "diagnostic", "form", "rhythm", "all"])
+def test_ptbxl_label_sets_follow_the_statements_table(label_set: str, data_root: Path, tmp_path: Path) -> None:
+    folder = data_root / "ptbxl"
+    data = ptbxl.build(folder, tmp_path, split_seed=0, progress=False, labels=label_set)
+    table = pd.read_csv(folder / "ptbxl_database.csv", index_col="ecg_id")
+    scp = pd.read_csv(folder / "scp_statements.csv", index_col=0)
+    column = {"subdiagnostic": "diagnostic_subclass"}.get(label_set)
+    marked = scp.index if label_set == "all" else scp.index[scp["diagnostic" if column else label_set] == 1]
+
+    def want(codes: dict) -> set[str]:  # by hand from the benchmark's definitions
+        return {scp.loc[c, column] if column else c for c in codes if c in marked}
+
+    kept = {ecg_id for name in ("train", "val", "test") for ecg_id in data.manifest[name]}
+    wanted = {i: want(eval(c)) for i, c in table["scp_codes"].items()}  # noqa: S307 (the publisher's dict literal)
+    assert kept == {i for i, w in wanted.items() if w}
+    assert data.manifest["dropped_without_label"] == len(table) - len(kept)
+    assert data.classes == sorted(set().union(*wanted.values())) and data.manifest["label_set"] == label_set
+    for ds, name in ((data.train, "train"), (data.val, "val")):
+        for ecg_id, row in zip(data.manifest[name][:40], ds.labels.numpy()[:40], strict=True):
+            assert {data.classes[k] for k in np.flatnonzero(row)} == wanted[ecg_id]
+    names = dict(zip(data.classes, data.manifest["class_names"], strict=True))
+    if label_set != "subdiagnostic":
+        assert all(names[c] == scp.loc[c, "description"] for c in data.classes)  # readable names
+    sizes = {"form": 19, "rhythm": 12, "diagnostic": 44, "all": 71, "subdiagnostic": 23}
+    assert len(data.classes) <= sizes[label_set]
+
+
+def test_a_ptbxl_label_set_names_the_run_and_trains(tmp_path: Path) -> None:
+    flags = [*PTBXL, "--labels", "rhythm", "--root-dir", str(tmp_path), "--short-run"]
+    assert commander.main([*flags, "--epochs", "1"]) == 0
+    run = tmp_path / "ptbxl" / "runs" / f"{run_name(parse_args(flags))}_1"
+    assert "_labels-rhythm_" in run.name + "_"
+    assert commander.main([*flags, "--test", "--resume", "latest", "--bootstrap", "20"]) == 0
+    metrics = json.loads((run / "pred" / "test_latest_short_metrics.json").read_text())
+    splits = json.loads((run / "splits.json").read_text())
+    assert list(metrics["per_class"]) == splits["classes"] and "sinus rhythm" in splits["class_names"]
+    assert "--labels picks a PTB-XL label set" in one_line_error(run_cli("--dataset", "ecg", "--labels", "form",
+                                                                         "--root-dir", str(tmp_path)))
