@@ -44,7 +44,7 @@ PARALLEL_FROM = 256  # records: smaller databases are converted in this process 
 MAX_WORKERS = 8
 CHUNK = 16  # records converted and written per task
 AHEAD = 4  # chunks per worker converted ahead of the writer
-RELEASE_BYTES = 64 << 20  # mapped pages read since the last release; beyond this they are handed back
+RELEASE_BYTES = 4 << 20  # bytes read from the map since the last release of its pages (about one batch)
 PROGRESS_EVERY = 2.0  # seconds between progress notes of a build
 
 
