@@ -1,6 +1,6 @@
 """How the record pipeline scales: synthetic Challenge databases of N records built from the real ones.
 
-    python benchmarks/scale.py [--sizes 1000 5000 20000] [--seq-len 2.5] [--work-dir DIR] [--keep]
+    python benchmarks/scale.py [--sizes 1000 5000 20000] [--rounds 3] [--seq-len 2.5] [--work-dir DIR] [--keep]
 
 For each N it writes a Challenge-format database (copies of the real cinc2020 records under new names, each
 scaled by 0.9-1.1 and offset by up to +-20 counts, with the length mix of the Challenge 2020 training data:
@@ -10,7 +10,8 @@ measures, each step in a fresh process:
 - the cache build (:mod:`loaders.mapped`): seconds, records/s, MB/s, peak RSS of the main process and of its
   largest worker;
 - one training epoch of cnn1d_3 on random ``--seq-len`` crops (batch 64) through ``trainer.train``, on the memory
-  map and on the same arrays read into RAM, alternated twice (medians), with ``-j 0``, and on the map with ``-j 2``:
+  map and on the same array read into RAM, alternated ``--rounds`` times (medians), with ``-j 0``, and on the map
+  with ``-j 2``:
   samples/s and peak RSS (the largest of the process and its DataLoader workers);
 - the cache's size on disk;
 - at the smallest N, one epoch through ``commander.py`` alone and under ``torchrun --nproc_per_node 2`` (gloo):
@@ -45,6 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 20000], help="database sizes N (records)")
     p.add_argument("--seq-len", type=float, default=2.5, help="training crops in seconds")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=3, help="map and RAM epochs, alternated, per N (medians)")
     p.add_argument("--work-dir", type=Path, default=None, help="where the databases go (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the databases and caches")
     p.add_argument("--no-ddp", action="store_true", help="skip the torchrun comparison")
@@ -128,8 +130,8 @@ def measure_train(root: Path, seq_len: float, batch_size: int, workers: int, ram
 
     torch.manual_seed(0)
     data = cinc2020.build(root / "cinc2020", root / "cache", split_seed=0, seq_len=seq_len, progress=False)
-    if ram:
-        data.train.store.signal = np.array(data.train.store.signal)  # the same arrays, read into memory
+    if ram:  # the same array read whole into memory (np.load without a map)
+        data.train.store.signal = np.load(data.train.store.signal.filename)
     model = get_model("cnn1d_3", 12, len(data.classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loader = make_dataloader(data.train, batch_size, shuffle=True, generator=torch.Generator().manual_seed(0),
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             build = _child(args, "build", root)
             mapped, ram = [], []
-            for _ in range(2):  # alternated, so both see the same machine state
+            for _ in range(args.rounds):  # alternated, so both see the same machine state
                 mapped.append(_child(args, "train", root))
                 ram.append(_child(args, "train", root, "--ram"))
             workers = _child(args, "train", root, "--workers", "2")
