@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from toolbox.distributed import gather, world
+from toolbox.distributed import all_finite, gather, world
 from toolbox.metrics import (
     MultiLabelTask,
     classification_metrics,
@@ -88,8 +88,9 @@ def train(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer:
             logits = model(x)
             loss = criterion(logits.float() if multilabel else logits, y)
         value = loss.item()
-        if not math.isfinite(value):
-            raise ECGError(f"the training loss became {value} at epoch {epoch}, batch {i + 1}; "
+        if not all_finite(value):  # in every process, so that all of them stop here together
+            shown = value if not math.isfinite(value) else "not finite in another process"
+            raise ECGError(f"the training loss became {shown} at epoch {epoch}, batch {i + 1}; "
                            f"lower --lr (saved checkpoints are unchanged)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -267,7 +267,8 @@ def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True,
                  workers: int | None = None) -> RecordStore:
     """Every record of ``folder`` at ``fs`` Hz, memory-mapped: twelve leads, with ``extra['dx']`` per record.
 
-    The cache is keyed by the sampling rate and the sizes and times of every header and signal file.
+    The cache is named after the database folder (``cinc2020``, ``cinc2021``) and the rate, and keyed by the
+    names, sizes and times of every header and signal file.
     """
     names = list_records(folder)
     inputs = fingerprint([folder / f"{n}{e}" for n in names for e in (".hea", ".mat")])
@@ -280,7 +281,7 @@ def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True,
                     np.stack([scale(h, o) for h, o in zip(headers, orders, strict=True)]), fs, LEADS,
                     {"dx": np.array([",".join(h.dx) for h in headers])}), [(str(folder), h, fs) for h in headers]
 
-    return cached_records(cache_dir, f"challenge_{fs}hz_v{CACHE_VERSION}", inputs, plan, _convert,
+    return cached_records(cache_dir, f"{folder.parent.name}_{fs}hz_v{CACHE_VERSION}", inputs, plan, _convert,
                           what=f"the Challenge records in {folder}", workers=workers, progress=progress)
 
 

@@ -15,6 +15,7 @@ when every record is in, so an incomplete cache is never read.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import mmap
@@ -34,6 +35,11 @@ from typing import Any
 
 import numpy as np
 from tqdm import tqdm
+
+try:
+    import fcntl
+except ImportError:  # not on POSIX
+    fcntl = None
 
 from toolbox.utils import ECGError, atomic_write
 
@@ -210,11 +216,22 @@ def cached_records(cache_dir: Path, name: str, inputs: str, plan: Callable[[], t
             log.warning("%s changed since the cache %s was made; building a new cache", what, stale[-1])
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        build_store(folder, *plan(), convert, workers=workers, progress=progress)
+        with _locked(cache_dir / f".{folder.name}.lock"):  # one build of a cache at a time on this machine
+            if not (folder / "index.npz").is_file():  # another process may have built it while we waited
+                build_store(folder, *plan(), convert, workers=workers, progress=progress)
     except OSError as exc:
         raise ECGError(f"cannot write the cache {folder} ({exc.strerror}); choose a writable --root-dir with "
                        f"room for it") from None
     return open_store(folder)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (POSIX ``flock``; no lock where there is none)."""
+    with open(path, "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def build_store(folder: Path, plan: Plan, tasks: Sequence[Any], convert: Callable[[Any], np.ndarray], *,

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from loaders import PTBXL_LABEL_SETS as LABEL_SETS
 from loaders.cinc2020 import LEADS, lead_order, read_header, scale
-from loaders.dataset import DataSplits, RecordDataset, fingerprint, resampled_length
+from loaders.dataset import DataSplits, RecordDataset, cache_key, fingerprint, resampled_length
 from loaders.dataset import resample as resample_signal
 from loaders.mapped import Plan, RecordStore, cached_records, to_counts, to_mv
 from toolbox.utils import ECGError
@@ -146,8 +146,8 @@ def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True,
                  workers: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame, RecordStore]:
     """The tables and every record of the database table at ``fs`` Hz, memory-mapped (store row i is table row i).
 
-    Read from ``records100/`` up to 100 Hz, else from ``records500/``. The cache is keyed by the sampling rate
-    and the sizes and times of every record file.
+    Read from ``records100/`` up to 100 Hz, else from ``records500/``. The cache is keyed by the sampling rate,
+    the sizes and times of every record file and the table's order of records.
     """
     db, scp = read_tables(folder)
     column = "filename_lr" if fs <= NATIVE_FS else "filename_hr"
@@ -165,7 +165,8 @@ def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True,
                     np.stack([scale(h, o) for h, o in zip(headers, orders, strict=True)]), fs, LEADS), \
             [(str(folder / rel), h, fs) for rel, h in zip(db[column], headers, strict=True)]
 
-    store = cached_records(cache_dir, f"ptbxl_{fs}hz_v{CACHE_VERSION}", fingerprint(files), plan, _convert,
+    inputs = cache_key(fingerprint(files), list(db.index))  # store row i is table row i: the order counts too
+    store = cached_records(cache_dir, f"ptbxl_{fs}hz_v{CACHE_VERSION}", inputs, plan, _convert,
                            what=f"the PTB-XL records in {folder}", workers=workers, progress=progress)
     return db, scp, store
 

@@ -109,7 +109,7 @@ def test_a_parallel_build_equals_one_process(records: Path, tmp_path: Path, monk
 
 def test_a_damaged_cache_is_built_again(records: Path, tmp_path: Path, caplog) -> None:
     cinc2020.load_records(records, tmp_path, 500, progress=False)
-    folder = next(tmp_path.glob("challenge_*"))
+    folder = next(tmp_path.glob("cinc2020_*"))
     (folder / "index.npz").write_bytes(b"not a zip file")
     with caplog.at_level(logging.WARNING):
         store = cinc2020.load_records(records, tmp_path, 500, progress=False)
@@ -152,3 +152,16 @@ def test_processes_share_every_batch_and_draw_what_one_process_draws() -> None:
         assert [(i, u) for i, u in shared[: len(whole)]] == list(zip(whole, draws(whole).tolist(), strict=True))
     with pytest.raises(Exception, match="does not divide among 3 processes"):
         SeededBatches(order, 8, torch.Generator(), 0, 3)
+
+
+def test_two_builds_of_one_cache_at_once_give_one_complete_cache(records: Path, tmp_path: Path) -> None:
+    """Two runs started together on one machine: the second waits for the first's build and reads it."""
+    cache = tmp_path / "cache"
+    build = ("import sys; from pathlib import Path; from loaders import cinc2020; "
+             "cinc2020.load_records(Path(sys.argv[1]), Path(sys.argv[2]), 500, progress=False, workers=1)")
+    procs = [subprocess.Popen([sys.executable, "-c", build, str(records), str(cache)], cwd=REPO) for _ in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 1 and not list(cache.glob(".*.partial"))
+    both = cinc2020.load_records(records, cache, 500, progress=False)
+    fresh = cinc2020.load_records(records, tmp_path / "fresh", 500, progress=False)
+    assert np.array_equal(both.signal, fresh.signal)

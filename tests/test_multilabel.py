@@ -533,14 +533,14 @@ def test_cinc_labels_follow_the_scoring_tables_and_the_cache_follows_the_records
     os.utime(folder / "scoring" / "weights.csv", ns=(1_000_000_000, 1_000_000_000))
     with caplog.at_level(logging.WARNING):
         cinc2020.build(folder, tmp_path / "cache", split_seed=0, progress=False)
-    assert "changed since the cache" not in caplog.text and len(list((tmp_path / "cache").glob("challenge_*"))) == 1
+    assert "changed since the cache" not in caplog.text and len(list((tmp_path / "cache").glob("cinc2020_*"))) == 1
     af = before.classes.index("164889003")
     name = next(r for r, y in zip(before.train.meta["record"], before.train.labels, strict=True) if not y[af])
     header = folder / "records" / f"{name}.hea"
     header.write_text(header.read_text().replace("#Dx:", "#Dx: 164889003,", 1))  # now also atrial fibrillation
     with caplog.at_level(logging.WARNING):
         after = cinc2020.build(folder, tmp_path / "cache", split_seed=0, progress=False)
-    assert "changed since the cache" in caplog.text and len(list((tmp_path / "cache").glob("challenge_*"))) == 2
+    assert "changed since the cache" in caplog.text and len(list((tmp_path / "cache").glob("cinc2020_*"))) == 2
     found = {r: y for part in (after.train, after.val, after.test) for r, y in zip(part.meta["record"], part.labels,
                                                                                    strict=True)}
     assert found[name][af] == 1 and len(found) == 40

@@ -3,6 +3,7 @@ commander and the trainer use. Without torchrun every function answers as the on
 path serves both (nanoGPT's ``ddp = int(os.environ.get('RANK', -1)) != -1``)."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -90,3 +91,14 @@ def same_buffers(model: torch.nn.Module) -> None:
     if world()[1] > 1:
         for buffer in model.buffers():
             dist.broadcast(buffer, src=0)
+
+
+def all_finite(value: float) -> bool:
+    """Whether ``value`` is finite in every process (so that all stop together, before a collective)."""
+    if world()[1] == 1:
+        return math.isfinite(value)
+    flag = torch.tensor([0.0 if math.isfinite(value) else 1.0])
+    if dist.get_backend() == "nccl":
+        flag = flag.cuda()
+    dist.all_reduce(flag)
+    return bool(flag.item() == 0)
