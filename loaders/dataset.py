@@ -190,20 +190,20 @@ class SeededBatches(Sampler[list[int]]):
 
 class EvaluationShards(Sampler[list[int]]):
     """Evaluation batches in order; with ``world`` processes, process ``rank`` takes batches rank, rank + world,
-    ... (:func:`trainer.gather` puts them back in order, so every example is scored exactly once)."""
+    ... (:func:`trainer.gather_batches` puts them back in order, so every example is scored exactly once)."""
 
     def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1) -> None:
         self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
 
-    def batches(self) -> list[list[int]]:
-        every = [list(range(s, min(s + self.batch_size, self.n))) for s in range(0, self.n, self.batch_size)]
-        return every[self.rank::self.world]
+    def _numbers(self) -> range:
+        return range(self.rank, -(-self.n // self.batch_size), self.world)
 
     def __len__(self) -> int:
-        return len(self.batches())
+        return len(self._numbers())
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches())
+        for b in self._numbers():
+            yield list(range(b * self.batch_size, min((b + 1) * self.batch_size, self.n)))
 
 
 def make_dataloader(dataset: ECGDataset | RecordDataset, batch_size: int, *, shuffle: bool = False,
