@@ -25,6 +25,14 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "resnet1d_v2_18": ("resnet.ResNet1d", {"blocks": (2, 2, 2, 2), "preact": True}),
     "ribeiro_resnet": ("ribeiro.RibeiroResNet", {}),  # twelve-lead records (Ribeiro et al. 2020)
     "ribeiro_resnet_small": ("ribeiro.RibeiroResNet", {"widths": (32, 48, 64, 96, 128)}),  # for 2-core CPUs
+    # the PTB-XL benchmark's models (Strodthoff et al. 2021), with its head: docs/models.md
+    "xresnet1d50": ("xresnet.XResNet1d", {"blocks": (3, 4, 6, 3)}),
+    "xresnet1d101": ("xresnet.XResNet1d", {"blocks": (3, 4, 23, 3)}),
+    "se_xresnet1d50": ("xresnet.XResNet1d", {"blocks": (3, 4, 6, 3), "se_reduction": 16}),
+    "inception1d": ("inception.Inception1d", {}),
+    "resnet1d_wang": ("wang.ResNet1dWang", {}),
+    "fcn_wang": ("wang.FCNWang", {}),
+    "lstm_bidir": ("lstm.BidirectionalLSTM", {}),
 }
 
 FUSION_HIDDEN = 64  # outputs of the signal network when per-example features are joined to it
