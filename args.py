@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from loaders import BEAT_FORMAT_NAMES, DATASETS, LEAD_SETS, PTBXL_LABEL_SETS
+from loaders import BANDPASS, BEAT_FORMAT_NAMES, DATASETS, LEAD_SETS, PREPROCESS_STEPS, PTBXL_LABEL_SETS, preprocess_tag
 from models import MODELS
 from toolbox.utils import ECGError
 
@@ -23,8 +23,16 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("StepLR", "ExponentialLR", "ReduceLROnPlateau", "CosineAnnealingLR", "OneCycleLR", "none")
 CRITERIA = ("crossentropy", "focal", "bce")
 BALANCE = ("equal", "importance")
-AUGMENTATIONS = ("scale", "noise", "wander", "shift")
+AUGMENTATIONS = ("cutmix", "mixup", "stretch", "renormalize", "invert", "scale", "noise", "wander", "leadwander",
+                 "shift", "mask")
+# augmentations that only records make sense of, refused for the beat datasets (the reasons)
+RECORD_AUGMENTATIONS = {"cutmix": "a beat is one heartbeat whose class lies in its shape, not in a share of its "
+                                  "samples; use mixup",
+                        "leadwander": "a beat has one lead (and its median beat is drawn from it); use wander"}
 THRESHOLD_OBJECTIVES = ("f1", "challenge")
+EXPLAIN_METHODS = ("ig", "gradcam")  # toolbox.explain.METHODS: integrated gradients, Grad-CAM
+AGGREGATES = ("mean", "max")  # record score from its windows (loaders.dataset.RecordDataset.aggregate)
+STANDARDIZE = ("global", "lead")  # loaders.dataset.fit_standardizer
 USES_STEP = ("StepLR", "ReduceLROnPlateau")  # schedulers that read --step
 USES_DECAY = ("StepLR", "ExponentialLR", "ReduceLROnPlateau")  # schedulers that read --lr-decay
 EPOCH_SHAPED = ("OneCycleLR", "CosineAnnealingLR")  # their shape is fixed by --lr and --epochs at the start
@@ -35,6 +43,7 @@ OVERRIDABLE = {"lr": "lr", "weight-decay": "weight_decay", "momentum": "momentum
 # and one given on the command line must agree with it (on --test: the seed only).
 RECORDED = ("seed", "short_run", "amp")
 DS1_RECORDS = 22  # de Chazal's DS1, the records --folds deals out (loaders.mitdb.DS1)
+BEAT_FS = 125  # Hz: the rate MIT-BIH beats are cut and filtered at (loaders.mitdb.BeatParams.fs)
 MIN_WINDOW = 16  # samples in a record window (--fs x --seq-len); every model accepts this many
 # --recipe NAME: a published configuration as one flag. It expands to these flags, written before the
 # command line's own (which win where they repeat one); config.json records the name and every flag.
@@ -42,6 +51,12 @@ RECIPES: dict[str, list[str]] = {
     # chosen by cross-validation inside DS1 (benchmarks/quality.py --select; docs/benchmarks.md)
     "mitbih-inter": ["--dataset", "ecg", "--split", "inter", "--model-name", "cnn1d_3", "--rr-features",
                      "--beat-format", "filtered", "--median-beat"],
+    # Strodthoff et al. 2021 (helme/ecg_ptbxl_benchmarking): 100 Hz, 2.5-s crops, windows half a crop apart
+    # aggregated by max, standardised on the training folds, one-cycle lr 1e-2, weight decay 1e-2, 50 epochs of 128
+    "ptbxl-benchmark": ["--dataset", "ptbxl", "--model-name", "xresnet1d101", "--fs", "100", "--seq-len", "2.5",
+                        "--aggregate", "max", "--standardize", "global", "--optimizer", "adamw", "--lr", "0.01",
+                        "--weight-decay", "0.01", "--scheduler", "OneCycleLR", "--epochs", "50",
+                        "--batch-size", "128"],
 }
 
 
@@ -162,7 +177,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "without a label of the set are left out")
     g.add_argument("--seq-len", default=10.0, type=POSITIVE,
                    help="cinc2020, ptbxl: window length in seconds (random crops for training, sliding windows "
-                        "averaged for evaluation; shorter records are zero-padded)")
+                        "aggregated for evaluation, --aggregate; shorter records are zero-padded)")
+    g.add_argument("--aggregate", default="mean", choices=list(AGGREGATES),
+                   help="cinc2020, ptbxl: how a record's score per class comes from its sliding windows (half a "
+                        "window apart) at validation, test and predict.py: their mean, or their max (the PTB-XL "
+                        "benchmark's)")
+    g.add_argument("--standardize", default=None, choices=list(STANDARDIZE),
+                   help="cinc2020, ptbxl: subtract a mean and divide by a standard deviation fitted on the training "
+                        "records only (never validation or test): one for all leads (global, the PTB-XL "
+                        "benchmark's) or one per lead; kept in the checkpoint, so predict.py applies the same")
     g.add_argument("--rr-features", action="store_true",
                    help="ecg, ecg_bin: give the network each beat's RR intervals (previous, next, mean of the last 10, "
                         "and previous / mean of the last 10; divided by the record's mean RR) as 4 per-beat features "
@@ -177,10 +200,27 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="ecg, ecg_bin from the raw records: give the network, beside each beat, the median of its "
                         "record's beats that do not come early (RR prematurity >= 0.9; what this patient's beats "
                         "look like, no labels used) as a second signal channel")
+    g.add_argument("--preprocess", default=[], nargs="+", choices=list(PREPROCESS_STEPS), metavar="STEP",
+                   help="applied once, when the cache is built, in this order whatever the order given: bandpass "
+                        "(zero-phase Butterworth, --bandpass), baseline (wander removed: median filters of 200 ms "
+                        "then 600 ms), then zscore (mean 0, sd 1) or minmax ([0, 1]) per record and lead; record "
+                        "datasets: at --fs (resampling comes first), stored in the cache's name and every "
+                        "checkpoint, so predict.py and driver.py apply the same; ecg, ecg_bin from the raw records: "
+                        "bandpass and baseline on each record at 125 Hz before beats are cut, zscore or minmax per "
+                        f"beat; choose from {', '.join(PREPROCESS_STEPS)}")
+    g.add_argument("--bandpass", default=list(BANDPASS), nargs=2, type=POSITIVE, metavar="HZ",
+                   help="--preprocess bandpass: its low and high edges in Hz (order 4, run forwards and backwards); "
+                        "the high edge must lie below half the rate (--fs; 125 Hz for beats)")
     g.add_argument("--augment", default=[], nargs="+", choices=list(AUGMENTATIONS), metavar="KIND",
-                   help="augment training batches: scale (amplitude x0.8-1.2), noise (Gaussian, sd up to 5%% of "
-                        "the example's), wander (slow sinusoid up to 10%%), shift (up to 5%% of the length); "
-                        f"choose from {', '.join(AUGMENTATIONS)}")
+                   help="augment training batches (never validation or test), in this order: cutmix (paste up to "
+                        "half the window of another record into each, targets blended by the share of samples), "
+                        "mixup (blend each example with another, weight Beta(0.4, 0.4) folded to at least 0.5, "
+                        "targets and RR features alike), stretch (time x0.9-1.1), renormalize (z-score, then the "
+                        "example's own sd x1/1.5-1.5 and mean moved up to 0.25 sd), invert (the polarity of 20%% of "
+                        "the examples), scale (amplitude x0.8-1.2), noise (Gaussian, sd up to 5%% of the example's), "
+                        "wander (a slow sinusoid up to 10%%, the same in every lead), leadwander (wander drawn per "
+                        "lead), shift (up to 5%% of the length), mask (zero 3 segments of up to 5%% each); cutmix and "
+                        "leadwander are for the record datasets")
 
     g = p.add_argument_group("model")
     g.add_argument("--model-name", default="resnet1d_10", choices=list(MODELS), help="architecture")
@@ -211,6 +251,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--bootstrap", default=1000, type=NON_NEGATIVE_INT, metavar="N",
                    help="--test: resamples for the 95%% bootstrap confidence intervals (whole records where records "
                         "are the unit; seeded, so reproducible); 0 for none")
+    g.add_argument("--explain", default=None, type=POSITIVE_INT, metavar="N",
+                   help="--test: draw saliency maps (PNG, one row per named lead) of N test examples into "
+                        "pred/explain/, chosen round by round: the most confident correct decision of each class, "
+                        "then the most confident wrong one (docs/training.md, Saliency maps); records show the window "
+                        "with the highest score of the explained class")
+    g.add_argument("--explain-method", default="ig", choices=list(EXPLAIN_METHODS),
+                   help="--explain: ig (integrated gradients: signed, per lead and sample, any model) or gradcam "
+                        "(Grad-CAM of the feature map the head pools: convolutional models, one map for all leads)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", default="adamw", choices=list(OPTIMIZERS))
@@ -290,6 +338,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.sampler and args.class_balance:
         parser.error("--sampler and --class-balance both rebalance classes; use one of them")
     args.augment = sorted(set(args.augment), key=list(AUGMENTATIONS).index)
+    for name in args.augment:
+        if name in RECORD_AUGMENTATIONS and not spec.multilabel:
+            records = ", ".join(n for n, d in DATASETS.items() if d.multilabel)
+            parser.error(f"--augment {name} is for the record datasets ({records}), not the beats of "
+                         f"{args.dataset}: {RECORD_AUGMENTATIONS[name]}")
     if args.test and args.resume is None:
         args.resume = "best"
     if args.version is None:
@@ -330,7 +383,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--fs {args.fs} x --seq-len {args.seq_len:g} gives windows of "
                          f"{round(args.fs * args.seq_len)} samples; the models need at least {MIN_WINDOW}")
     else:
-        wrong = [flag for flag, name in (("--fs", "fs"), ("--seq-len", "seq_len"),
+        wrong = [flag for flag, name in (("--fs", "fs"), ("--seq-len", "seq_len"), ("--aggregate", "aggregate"),
+                                         ("--standardize", "standardize"),
                                          ("--threshold-metric", "threshold_metric")) if name in given]
         if wrong:
             parser.error(f"{wrong[0]} applies to the record datasets (cinc2020, ptbxl), not to {args.dataset}")
@@ -339,6 +393,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--criterion bce is for multi-label datasets; --dataset {args.dataset} is single-label")
     if args.label_smoothing and args.criterion != "crossentropy":
         parser.error(f"--label-smoothing applies to --criterion crossentropy, not {args.criterion}")
+    _check_preprocess(parser, args, given)
+    if args.explain is not None and not args.test:
+        parser.error("--explain draws saliency maps of test examples; use it with --test")
+    if "explain_method" in given and args.explain is None:
+        parser.error("--explain-method chooses how --explain N draws its maps; add --explain N")
     if "bootstrap" in given and not args.test:
         parser.error("--bootstrap sets the confidence intervals of --test")
     args.override = _check_overrides(parser, args)
@@ -359,6 +418,29 @@ def _check_folds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
             parser.error(f"--fold {args.fold} is not one of the {args.folds} folds (1-{args.folds})")
         if args.folds > DS1_RECORDS:
             parser.error(f"--folds {args.folds}: DS1 has {DS1_RECORDS} records; use 2 to {DS1_RECORDS} folds")
+
+
+def _check_preprocess(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set[str]) -> None:
+    """``--preprocess`` steps put in the order they are applied, and refused where they do not apply."""
+    spec = DATASETS[args.dataset]
+    args.preprocess = [s for s in PREPROCESS_STEPS if s in args.preprocess]
+    if "bandpass" in given and "bandpass" not in args.preprocess:
+        parser.error("--bandpass sets the edges of --preprocess bandpass; add bandpass to --preprocess")
+    if not args.preprocess:
+        return
+    if not spec.multilabel and spec.db != "mitdb":
+        parser.error(f"--preprocess applies to the record datasets (cinc2020, cinc2021, ptbxl) and the MIT-BIH "
+                     f"beats (ecg, ecg_bin), not to {args.dataset}: its Kaggle CSV beats come preprocessed by their "
+                     f"publisher")
+    if "zscore" in args.preprocess and "minmax" in args.preprocess:
+        parser.error("--preprocess zscore and minmax both normalise; choose one of them")
+    if "baseline" in args.preprocess and args.beat_format == "filtered":
+        parser.error("--preprocess baseline: --beat-format filtered removes the baseline already; leave baseline out")
+    fs = args.fs if spec.multilabel else BEAT_FS
+    low, high = args.bandpass
+    if "bandpass" in args.preprocess and not low < high < fs / 2:
+        parser.error(f"--bandpass {low:g} {high:g}: the low edge must lie below the high one, and the high one below "
+                     f"{fs / 2:g} Hz (half the rate of {f'--fs {fs}' if spec.multilabel else 'the beats, 125 Hz'})")
 
 
 def _check_optimisation(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set[str]) -> None:
@@ -436,10 +518,16 @@ def name_parts(args: argparse.Namespace) -> list[str]:
     parts.append(args.criterion)
     if args.fs is not None:  # record datasets: what a window is
         parts.append(f"{args.fs}hz-{args.seq_len:g}s")
+    if args.standardize is not None:
+        parts.append(f"std-{args.standardize}")
+    if args.aggregate != d.aggregate:
+        parts.append(f"agg-{args.aggregate}")
     if args.leads != d.leads:
         parts.append(f"leads{args.leads}")
     if args.labels != d.labels:
         parts.append(f"labels-{args.labels}")
+    if args.preprocess:
+        parts.append(f"pre-{preprocess_tag(args.preprocess, args.bandpass)}")
     if args.threshold_metric is not None and args.threshold_metric != default_threshold_metric(args.dataset):
         parts.append(f"thr-{args.threshold_metric}")
     if args.class_balance:
@@ -467,7 +555,8 @@ def run_name(args: argparse.Namespace) -> str:
 
 
 # flags a user repeats to find a run again (--root-dir and the flags of name_parts)
-NAMING = ("root_dir", "model_name", "split", "folds", "fold", "split_seed", "fs", "seq_len", "leads", "labels",
+NAMING = ("root_dir", "model_name", "split", "folds", "fold", "split_seed", "fs", "seq_len", "standardize",
+          "aggregate", "leads", "labels",
           "optimizer", "lr", "momentum", "weight_decay", "batch_size", "scheduler", "step", "lr_decay", "criterion",
           "class_balance", "sampler", "threshold_metric", "label_smoothing", "beat_format", "pretrained")
 SWITCHES = ("median_beat", "rr_features")
@@ -488,6 +577,10 @@ def naming_flags(args: argparse.Namespace) -> list[str]:
               not getattr(defaults, name)]
     if args.augment and args.augment != defaults.augment:
         flags += ["--augment", *args.augment]
+    if args.preprocess and args.preprocess != defaults.preprocess:
+        flags += ["--preprocess", *args.preprocess]
+        if "bandpass" in args.preprocess and args.bandpass != defaults.bandpass:
+            flags += ["--bandpass", *(f"{v:g}" for v in args.bandpass)]
     return flags
 
 
@@ -566,7 +659,8 @@ def nearest_runs(runs_dir: Path, args: argparse.Namespace) -> str:
             flags = json.loads((folder / "config.json").read_text())["flags"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        differ = [n for n in NAMING + SWITCHES + ("augment", "dataset") if n != "root_dir" and n in flags
+        named = NAMING + SWITCHES + ("augment", "preprocess", "bandpass", "dataset")
+        differ = [n for n in named if n != "root_dir" and n in flags
                   and _same_type(flags[n], getattr(args, n)) != flags[n]]
         if differ:
             shown = ", ".join(f"--{n.replace('_', '-')} {flags[n]} (you gave {getattr(args, n)})" for n in differ[:3])

@@ -39,9 +39,10 @@ from args import (
 )
 from loaders import DatasetSpec, get_loader, raw_dir
 from loaders.cinc2020 import write_outputs
-from loaders.dataset import DataSplits, make_dataloader
+from loaders.dataset import DataSplits, make_dataloader, with_record_options
+from loaders.preprocess import Preprocess
 from models import constructor_args, get_model
-from toolbox import checkpoint, distributed
+from toolbox import checkpoint, distributed, explain
 from toolbox.augment import Augmenter
 from toolbox.distributed import ALONE, Processes
 from toolbox.logger import RunLogger, save_multilabel_predictions, save_predictions
@@ -71,7 +72,7 @@ from toolbox.utils import (
 
 SHORT_RUN_BATCHES = 10
 # validation scores kept in logger.json (those a split's metrics hold), and how the selection score is printed
-VAL_LOGGED = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "macro_auroc", "macro_auprc", "challenge",
+VAL_LOGGED = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "macro_auroc", "macro_auprc", "fmax", "challenge",
               "f_beta", "g_beta", "thresholds", "seconds")
 SHORT_NAMES = {"macro_f1": "macro-F1", "macro_auroc": "macro AUROC", "challenge": "Challenge metric"}
 
@@ -181,8 +182,12 @@ def build_data(args: argparse.Namespace, spec: DatasetSpec, run_dir: Path | None
     if spec.db == "mitdb":  # the beat options (the parser refuses them for the other datasets)
         extra = {"rr_features": args.rr_features, "beat_format": args.beat_format, "median_beat": args.median_beat,
                  "folds": args.folds, "fold": args.fold}
+    if spec.multilabel or spec.db == "mitdb":  # the parser refuses --preprocess for the Kaggle CSV beats (ptb)
+        extra["preprocess"] = Preprocess(tuple(args.preprocess), tuple(args.bandpass))
     data = spec.build(raw, args.root_dir / "cache", split_seed=args.split_seed, protocol=args.split,
                       saved_manifest=manifest, data_url=args.data_url, **extra)
+    if spec.multilabel:  # record datasets: how windows make a record's score, and the training-split standardisation
+        data = with_record_options(data, args.aggregate, args.standardize)
     return data, raw
 
 
@@ -219,6 +224,8 @@ def test_run(args: argparse.Namespace, run_dir: Path, path: Path, state: dict[st
                              rank=procs.rank, world=procs.world)
     max_batches = SHORT_RUN_BATCHES if args.short_run else None
     pred_dir, tag = run_dir / "pred", f"test_{args.resume}" + ("_short" if args.short_run else "")
+    if args.explain:  # a method the model cannot give (Grad-CAM of a recurrent model) fails before the test
+        explain.check_method(args.explain_method, model, data.test[0][0].to(device))
     if task is not None:
         return test_multilabel(args, run_dir, path, state, model, criterion, data, device, task, loader,
                                max_batches, tag, procs)
@@ -241,8 +248,20 @@ def test_run(args: argparse.Namespace, run_dir: Path, path: Path, state: dict[st
     _print_ci_note(args, "records" if groups is not None else "beats")
     print(per_class_table(metrics, ci))
     print(f"predictions, metrics and confusion matrices: {pred_dir}")
+    if args.explain:
+        write_explanations(args, pred_dir, tag, path, model, data, probs, targets, device)
     record_invocation(run_dir, args, "test", checkpoint=path.name, checkpoint_epoch=state["epoch"])
     return 0
+
+
+def write_explanations(args: argparse.Namespace, pred_dir: Path, tag: str, path: Path, model: torch.nn.Module,
+                       data: DataSplits, probs: np.ndarray, targets: np.ndarray, device: torch.device,
+                       thresholds: list[float] | None = None) -> None:
+    """--explain: saliency maps of chosen test examples in pred/explain/ (toolbox.explain)."""
+    index = explain.explain_test(pred_dir / "explain", tag, model, data, args.dataset, probs, targets, device,
+                                 n=args.explain, method=args.explain_method, checkpoint=path.name,
+                                 thresholds=thresholds)
+    print(f"saliency maps ({explain.TITLES[args.explain_method]}): {index.parent}, listed in {index.name}")
 
 
 def _bootstrap_note(args: argparse.Namespace, records: bool) -> dict[str, Any] | None:
@@ -285,13 +304,15 @@ def test_multilabel(args: argparse.Namespace, run_dir: Path, path: Path, state: 
     challenge_dir = pred_dir / ("challenge" + ("_short" if args.short_run else ""))
     if data.challenge_weights is not None:
         write_outputs(challenge_dir, records, data.classes, probs, thresholds)
-    keys = ("macro_auroc", "macro_auprc", "accuracy", "macro_f1", "f_beta", "g_beta", "challenge", "loss")
+    keys = ("macro_auroc", "fmax", "macro_auprc", "accuracy", "macro_f1", "f_beta", "g_beta", "challenge", "loss")
     print(f"test ({path.name}, epoch {state['epoch']}, {len(targets)} records): "
           f"{headline(metrics, keys, ci).replace('accuracy', 'exact-match accuracy', 1)}")
     _print_ci_note(args, "records")
     print(multilabel_table(metrics, data.manifest.get("class_names"), ci))
     print(f"predictions, metrics and confusion counts: {pred_dir}"
           + (f"; Challenge output files: {challenge_dir}" if data.challenge_weights is not None else ""))
+    if args.explain:
+        write_explanations(args, pred_dir, tag, path, model, data, probs, targets, device, thresholds)
     record_invocation(run_dir, args, "test", checkpoint=path.name, checkpoint_epoch=state["epoch"])
     return 0
 
@@ -348,7 +369,7 @@ def train_run(args: argparse.Namespace, runs_dir: Path, run_dir: Path | None, st
     logger = RunLogger(run_dir, args.tensorboard, start_epoch) if procs.main else None
     version = run_dir.name.rsplit("_", 1)[1]
     batch_scheduler = scheduler if args.scheduler in PER_BATCH else None
-    augment = Augmenter(args.augment, data.signal_channels) if args.augment else None
+    augment = Augmenter(args.augment, data.signal_channels, len(data.classes)) if args.augment else None
     parameters = sum(p.numel() for p in model.parameters())
     where = f"{device}" + (f", {procs.world} processes" if procs.several else "")
     print(f"run {run_dir}: {args.model_name} ({parameters:,} parameters) on {where}, "

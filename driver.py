@@ -5,8 +5,8 @@
 Every ``X.hea`` + ``X.mat`` in INPUT_DIR becomes ``OUTPUT_DIR/X.csv``: ``#X``, the class codes, the binary
 labels (the checkpoint's validation thresholds) and the probabilities, the format the PhysioNet/CinC
 Challenge 2020 and 2021 scoring scripts read. The checkpoint carries the model, classes, thresholds and the
-preprocessing (rate, window, stride, leads: a 2021 lead-subset model reads only its leads), so no other flag
-is needed.
+preprocessing (rate, window, stride, leads: a 2021 lead-subset model reads only its leads; the --preprocess
+steps), so no other flag is needed.
 """
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ import numpy as np
 
 import trainer
 from loaders.cinc2020 import LEADS, list_records, read_folder, write_outputs
-from loaders.dataset import RecordDataset, make_dataloader
+from loaders.dataset import RecordDataset, Standardizer, make_dataloader
+from loaders.preprocess import Preprocess
 from models import from_checkpoint
 from toolbox import checkpoint
 from toolbox.utils import ECGError, ensure_writable, inference_main, setup_env
@@ -68,8 +69,12 @@ def run(args: argparse.Namespace) -> int:
     checkpoint.load_weights(state, path, model)
     model.to(device)
     signals, _ = read_folder(args.input_dir, names, prep["fs"], need_dx=False, leads=prep.get("leads", LEADS))
+    steps = Preprocess.from_dict(prep)  # the run's --preprocess, as its cache applied it
+    signals = [steps.recording(s, prep["fs"]) for s in signals]
     dataset = RecordDataset.from_signals(signals, np.zeros((len(names), len(classes)), dtype=np.float32), classes,
-                                         prep["window"], stride=prep["stride"])
+                                         prep["window"], stride=prep["stride"],
+                                         aggregate=prep.get("aggregate", "mean"),
+                                         standardize=Standardizer.from_dict(prep.get("standardize")))
     probs = trainer.predict(model, make_dataloader(dataset, args.batch_size), device,
                             amp=bool(state.get("args", {}).get("amp", True)))
     write_outputs(args.output_dir, names, classes, probs, thresholds)

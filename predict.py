@@ -11,7 +11,8 @@ R peaks of one lead, cuts the beats with the training code and writes, per recor
 <record>.pred (WFDB annotations), <record>_summary.json and <record>_strip.png. With --reference EXT the beats
 are scored against the recording's reference annotations <record>.EXT (EC57 style), printed and written to
 OUT_DIR/ec57.json. A record model (--dataset cinc2020 or ptbxl) writes OUT_DIR/predictions.csv: per
-recording, each class's probability and label at the checkpoint's validation thresholds.
+recording, each class's probability and label at the checkpoint's validation thresholds. --explain N adds saliency
+maps (toolbox.explain) in OUT_DIR/explain/ with their index.json.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from args import POSITIVE_INT, DefaultsHelpFormatter, OneLineParser, number, word_or_number
+from args import EXPLAIN_METHODS, POSITIVE_INT, DefaultsHelpFormatter, OneLineParser, number, word_or_number
 from loaders import DETECTOR_NAMES
 
 SHIPPED = Path(__file__).resolve().parent / "models" / "shipped" / "mitbih_inter_cnn1d_3.pth.tar"
@@ -53,6 +54,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="R-peak detector (docs/benchmarks.md, 'R-peak detectors', compares them on MIT-BIH)")
     p.add_argument("--reference", default=None, metavar="EXT",
                    help="score the beats against reference annotations <record>.EXT (e.g. atr) and write ec57.json")
+    p.add_argument("--explain", default=None, type=POSITIVE_INT, metavar="N",
+                   help="draw saliency maps (PNG, leads labelled) into OUT_DIR/explain/: a record model, each "
+                        "recording's N most probable predicted labels (its top label when none is predicted) in the "
+                        "window scoring the label highest; a beat model, N beats per recording, round by round the "
+                        "most confident beat of each predicted class")
+    p.add_argument("--explain-method", default=None, choices=list(EXPLAIN_METHODS),
+                   help="--explain: ig (integrated gradients, the default: signed, per lead and sample) or gradcam "
+                        "(Grad-CAM: convolutional models, one map for all leads)")
     p.add_argument("--overwrite", action="store_true", help="replace outputs already in --out")
     p.add_argument("--batch-size", default=1024, type=POSITIVE_INT, help="beats or windows per forward pass")
     p.add_argument("--disable-cuda", action="store_true", help="run on the CPU even when CUDA is available")
@@ -68,9 +77,10 @@ from tqdm import tqdm
 
 import trainer
 from loaders import detect, mitdb, recording
-from loaders.dataset import ECGDataset, RecordDataset, make_dataloader
+from loaders.dataset import ECGDataset, RecordDataset, Standardizer, make_dataloader
+from loaders.preprocess import Preprocess
 from models import from_checkpoint
-from toolbox import beat_report, checkpoint, ec57
+from toolbox import beat_report, checkpoint, ec57, explain
 from toolbox.utils import ECGError, ensure_writable, inference_main, read_json, setup_env, write_json
 
 
@@ -138,14 +148,15 @@ def annotate(rec: recording.Recording, state: dict, model: torch.nn.Module, devi
     if len(peaks) == 0:
         raise ECGError(f"{rec.path}: {args.detector} found no beats in lead {rec.leads[lead]}; check the lead "
                        f"(--lead) and --fs")
+    steps = Preprocess.from_dict({"steps": flags.get("preprocess"), "bandpass": flags.get("bandpass")})
     x = mitdb.beats_at(signal, fs, peaks, beat_format=beat_format, median_beat=bool(flags.get("median_beat")),
-                       rr_features=bool(flags.get("rr_features")))
+                       rr_features=bool(flags.get("rr_features")), preprocess=steps)
     classes = state["classes"]
     data = ECGDataset(x, np.zeros(len(x), np.int64), classes)
     probs = trainer.predict(model, make_dataloader(data, args.batch_size), device, amp=bool(flags.get("amp")),
                             progress=False, multilabel=False)
     return {"samples": peaks, "labels": probs.argmax(axis=1), "probs": probs, "fs": fs, "lead": rec.leads[lead],
-            "lead_choice": why, "signal": signal}
+            "lead_choice": why, "signal": signal, "x": x}
 
 
 def score_reference(rec: recording.Recording, result: dict, ext: str, classes: list[str]) -> dict:
@@ -167,6 +178,9 @@ def run_beats(args: argparse.Namespace, paths: list[Path], state: dict, model: t
     scored = ("N", "S", "V", "F") if classes == mitdb.AAMI_CLASSES else tuple(classes)
     flags = state.get("args") or {}
     counts, rows = {}, {}
+    beat = mitdb.BEAT_FORMATS[flags.get("beat_format") or "kaggle"]
+    shown = explainer(args, state, model, device, ["beat", "median beat"], beat.fs,
+                      features=mitdb.RR_FEATURES if flags.get("rr_features") else [])
     for path in tqdm(paths, desc="annotate", unit="recording", disable=None if len(paths) > 1 else True):
         start = time.perf_counter()
         rec = recording.read_recording(path, args.fs)
@@ -180,7 +194,8 @@ def run_beats(args: argparse.Namespace, paths: list[Path], state: dict, model: t
         summary.update(input=str(rec.path), lead=result["lead"], lead_choice=result["lead_choice"], fs=fs,
                        model={"name": name, "epoch": state["epoch"], "dataset": flags.get("dataset"),
                               "beat_format": flags.get("beat_format"), "median_beat": flags.get("median_beat"),
-                              "rr_features": flags.get("rr_features"), "classes": classes},
+                              "rr_features": flags.get("rr_features"), "preprocess": flags.get("preprocess") or [],
+                              "classes": classes},
                        detector={"name": args.detector, "lead": result["lead"], "fs": fs,
                                  "library": "wfdb" if args.detector.startswith("wfdb") else "neurokit2",
                                  "settings": "the library's defaults",
@@ -193,11 +208,15 @@ def run_beats(args: argparse.Namespace, paths: list[Path], state: dict, model: t
         per_class = ", ".join(f"{n} {c}" for c, n in summary["beats_per_class"].items() if n)
         tqdm.write(f"{rec.name}: lead {result['lead']} ({result['lead_choice']}), {len(samples)} beats ({per_class}), "
                    f"{seconds:.1f} s")
+        if shown is not None:
+            explain.explain_beats(shown, rec.name, result["x"], result["probs"], samples, fs, result["lead"],
+                                  args.explain)
         if args.reference:
             counts[rec.name] = score_reference(rec, result, args.reference, classes)
             rows[rec.name] = ec57.scores(counts[rec.name], classes, scored)
     print(f"{len(paths)} recording(s) annotated in {args.out} with {name} (epoch {state['epoch']}), "
           f"detector {args.detector}")
+    finish_explaining(args, shown, name, "beats")
     if args.reference:
         rows["gross"] = ec57.scores(ec57.pool(list(counts.values())), classes, scored)
         write_json(args.out / "ec57.json", {
@@ -214,12 +233,15 @@ def run_records(args: argparse.Namespace, paths: list[Path], state: dict, model:
     if not prep.get("fs") or not isinstance(thresholds, list):
         raise ECGError(f"{name} holds no preprocessing or thresholds; train it again with this version")
     leads = prep.get("leads") or []
+    steps = Preprocess.from_dict(prep)  # the run's --preprocess, as its cache applied it (after resampling)
     signals = []
     for path in tqdm(paths, desc="read", unit="recording", disable=None if len(paths) > 1 else True):
         rec = recording.read_recording(path, args.fs)
-        signals.append(recording.twelve_leads(rec, leads, prep["fs"]))
+        signals.append(steps.recording(recording.twelve_leads(rec, leads, prep["fs"]), prep["fs"]))
     data = RecordDataset.from_signals(signals, np.zeros((len(paths), len(classes)), dtype=np.float32), classes,
-                                      prep["window"], stride=prep["stride"])
+                                      prep["window"], stride=prep["stride"],
+                                      aggregate=prep.get("aggregate", "mean"),
+                                      standardize=Standardizer.from_dict(prep.get("standardize")))
     probs = trainer.predict(model, make_dataloader(data, args.batch_size), device,
                             amp=bool((state.get("args") or {}).get("amp")))
     manifest = args.run / "splits.json" if args.run is not None else None
@@ -227,7 +249,32 @@ def run_records(args: argparse.Namespace, paths: list[Path], state: dict, model:
     recording.write_record_predictions(args.out / "predictions.csv", [p.stem for p in paths], classes, names, probs,
                                        thresholds)
     print(f"{len(paths)} recording(s) scored with {name} (epoch {state['epoch']}): {args.out / 'predictions.csv'}")
+    shown = explainer(args, state, model, device, leads, prep["fs"], names=names)
+    if shown is not None:
+        explain.explain_records(shown, [output_name(p) for p in paths], data, probs, thresholds, args.explain)
+    finish_explaining(args, shown, name, "records")
     return 0
+
+
+def explainer(args: argparse.Namespace, state: dict, model: torch.nn.Module, device: torch.device,
+              leads: list[str], fs: float, names: list[str] | None = None,
+              features: list[str] | None = None) -> explain.Explainer | None:
+    """With --explain, what draws the saliency maps into OUT_DIR/explain/ (``leads``: the model's signal
+    channels, cut to their number); otherwise None."""
+    if args.explain is None:
+        return None
+    signal = state["in_channels"] - state.get("feature_channels", 0)
+    return explain.Explainer(model, args.explain_method or "ig", device, state["classes"], leads[:signal], fs,
+                             args.out / "explain", names=names, features=features or [])
+
+
+def finish_explaining(args: argparse.Namespace, shown: explain.Explainer | None, name: str, kind: str) -> None:
+    """Write OUT_DIR/explain/index.json and say where the maps are."""
+    if shown is None:
+        return
+    shown.write_index(args.out / "explain" / "index.json", model=name, selection=explain.PREDICT_SELECTION[kind],
+                      requested=args.explain)
+    print(f"{len(shown.entries)} saliency map(s) ({explain.TITLES[shown.method]}): {args.out / 'explain'}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -243,11 +290,20 @@ def run(args: argparse.Namespace) -> int:
         raise ECGError("--reference scores beat annotations; it needs a beat model (--dataset ecg or ecg_bin)")
     for path in paths if args.reference else []:
         recording.reference_file(path, args.reference)
-    check_outputs(args.out, planned_outputs(names, beat_model, args.reference), args.overwrite)
+    if args.explain_method and args.explain is None:
+        raise ECGError("--explain-method chooses how --explain N draws its maps; add --explain N")
+    planned = planned_outputs(names, beat_model, args.reference) + (["explain/index.json"] if args.explain else [])
+    check_outputs(args.out, planned, args.overwrite)
     device = setup_env(0, args.disable_cuda)
-    model = from_checkpoint(state)
-    checkpoint.load_weights(state, path, model)
-    model.to(device)
+    with torch.inference_mode(not args.explain):  # saliency needs a model whose parameters autograd accepts
+        model = from_checkpoint(state)
+        checkpoint.load_weights(state, path, model)
+        model.to(device)
+    if args.explain:  # a method the model cannot give fails before any work; maps an earlier call drew go
+        length = (state.get("preprocess") or {}).get("window") or mitdb.BeatParams().length
+        explain.check_method(args.explain_method or "ig", model, torch.zeros(state["in_channels"], length,
+                                                                               device=device))
+        explain.clear_previous(args.out / "explain" / "index.json")
     go = run_beats if beat_model else run_records
     return go(args, paths, state, model, name, device)
 

@@ -33,6 +33,9 @@ from toolbox.metrics import (
 )
 from toolbox.utils import ECGError
 
+# a training batch's (inputs, labels) -> (inputs, targets of the loss): toolbox.augment.Augmenter
+Augment = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
 
 def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
     """bfloat16 autocast on CUDA when ``amp``; nothing on the CPU."""
@@ -71,10 +74,12 @@ def _probabilities(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
 def train(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
           device: torch.device, epoch: int, classes: Sequence[str], *, batch_scheduler: Any = None,
           amp: bool = False, max_batches: int | None = None, progress: bool = True,
-          multilabel: bool = False, augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+          multilabel: bool = False, augment: Augment | None = None) -> dict[str, float]:
     """Train one epoch; returns loss, accuracy (multi-label: exact match at 0.5), macro-F1, learning rate, seconds.
 
-    ``augment`` transforms each training batch on the device before the forward pass.
+    ``augment`` transforms each training batch on the device before the forward pass: (inputs, labels) ->
+    (inputs, the targets of the loss), which mixup and cutmix make soft. The loss is that against those targets;
+    accuracy and macro-F1 compare the predictions with the batch's own labels.
     """
     model.train()
     start = time.perf_counter()
@@ -82,11 +87,12 @@ def train(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer:
     loss_sum, n, outputs, targets = 0.0, 0, [], []
     for i, (x, y) in _batches(loader, max_batches, f"train {epoch}", progress):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        goal = y
         if augment is not None:
-            x = augment(x)
+            x, goal = augment(x, y)
         with _autocast(device, amp):
             logits = model(x)
-            loss = criterion(logits.float() if multilabel else logits, y)
+            loss = criterion(logits.float() if multilabel else logits, goal)
         value = loss.item()
         if not all_finite(value):  # in every process, so that all of them stop here together
             shown = value if not math.isfinite(value) else "not finite in another process"
@@ -129,14 +135,20 @@ def _predict(model: nn.Module, loader: DataLoader, criterion: nn.Module, device:
     loss_sum, n = sum(d[0] for d in done), sum(len(d[2]) for d in done)
     p, t = torch.cat([d[1] for d in done]).numpy(), torch.cat([d[2] for d in done]).numpy()
     if multilabel:
-        p, t = _average_windows(p, t, loader.dataset.groups)
+        p, t = aggregate_windows(p, t, loader.dataset.groups, loader.dataset.aggregate)
     return loss_sum / max(n, 1), p, t
 
 
-def _average_windows(probs: np.ndarray, targets: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One row per record: the mean probabilities of its windows (``groups[i]``: record of window i, ascending)."""
+def aggregate_windows(probs: np.ndarray, targets: np.ndarray, groups: np.ndarray,
+                      how: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+    """One row per record: the mean (or max) probabilities of its windows (``groups[i]``: record of window i,
+    ascending)."""
     groups = np.asarray(groups)[: len(probs)]
     _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    if how == "max":
+        out = np.full((len(first), probs.shape[1]), -np.inf)
+        np.maximum.at(out, inverse, probs)
+        return out.astype(np.float32), targets[first]
     sums = np.zeros((len(first), probs.shape[1]))
     np.add.at(sums, inverse, probs)
     return (sums / np.bincount(inverse)[:, None]).astype(np.float32), targets[first]
@@ -153,7 +165,9 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, *, amp: 
         with _autocast(device, amp):
             probs.append(_probabilities(model(x.to(device)).float(), multilabel).cpu())
     p = torch.cat(probs).numpy()
-    return _average_windows(p, np.zeros((len(p), 0)), loader.dataset.groups)[0] if multilabel else p
+    if not multilabel:
+        return p
+    return aggregate_windows(p, np.zeros((len(p), 0)), loader.dataset.groups, loader.dataset.aggregate)[0]
 
 
 def _evaluate(model: nn.Module, loader: DataLoader, criterion: nn.Module, device: torch.device,

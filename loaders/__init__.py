@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from toolbox.utils import ECGError
 
-__all__ = ["BEAT_FORMAT_NAMES", "DATASETS", "DETECTOR_NAMES", "LEAD_SETS", "PTBXL_LABEL_SETS", "SOURCES", "DatasetSpec",
-           "get_loader", "raw_dir"]
+__all__ = ["BANDPASS", "BEAT_FORMAT_NAMES", "DATASETS", "DETECTOR_NAMES", "LEAD_SETS", "PREPROCESS_STEPS",
+           "PTBXL_LABEL_SETS", "SOURCES", "DatasetSpec", "get_loader", "preprocess_tag", "raw_dir"]
 
 # PhysioNet/CinC Challenge 2020-2021 record-name prefix -> source database (the ``source-X`` splits)
 SOURCES = {"A": "CPSC 2018", "Q": "CPSC-Extra", "I": "St Petersburg INCART", "S": "PTB", "HR": "PTB-XL",
@@ -29,6 +29,15 @@ PTBXL_LABEL_SETS = ("superdiagnostic", "subdiagnostic", "diagnostic", "form", "r
 LEAD_SETS = (12, 6, 4, 3, 2)  # the Challenge 2021 lead subsets (loaders.cinc2020.LEAD_SETS names their leads)
 DETECTOR_NAMES = ("nk-neurokit", "nk-pantompkins1985", "nk-hamilton2002", "nk-elgendi2010", "nk-kalidas2017",
                   "nk-rodrigues2021", "wfdb-gqrs", "wfdb-xqrs")
+# --preprocess steps, in the order they are applied (``loaders.preprocess.PREPROCESSORS``: same names, same order),
+# and the default --bandpass edges in Hz
+PREPROCESS_STEPS = ("bandpass", "baseline", "zscore", "minmax")
+BANDPASS = (0.5, 40.0)
+
+
+def preprocess_tag(steps: Sequence[str], band: Sequence[float] = BANDPASS) -> str:
+    """Preprocessing steps in one word for cache and run names, e.g. ``bandpass0.5-40+zscore``; empty without steps."""
+    return "+".join(f"bandpass{band[0]:g}-{band[1]:g}" if s == "bandpass" else s for s in steps)
 
 
 def _lazy(module: str, function: str, **fixed: Any) -> Callable[..., Any]:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from loaders.dataset import DataSplits, RecordDataset, fingerprint, multilabel_holdout, resampled_length
 from loaders.dataset import resample as resample_signal
 from loaders.mapped import Plan, RecordStore, cached_records, to_counts, to_mv
+from loaders.preprocess import NO_PREPROCESS, Preprocess, cache_name, check_run
 from toolbox.utils import ECGError, atomic_write
 
 log = logging.getLogger(__name__)
@@ -175,15 +176,17 @@ def read_signal(folder: Path, header: Header, leads: list[str] = LEADS) -> np.nd
     return to_mv(read_counts(folder, header, order), scale(header, order)).T
 
 
-def _convert(task: tuple[str, Header, int]) -> np.ndarray:
+def _convert(task: tuple[str, Header, int, Preprocess]) -> np.ndarray:
     """One record for the cache: its twelve leads as int16 counts (samples, 12) at the cache rate ``fs`` (the
-    publisher's integers when the rates agree; resampled mV rounded to the same resolution otherwise)."""
-    folder, header, fs = Path(task[0]), task[1], task[2]
+    publisher's integers when the rates agree; resampled mV rounded to the same resolution otherwise), preprocessed
+    by ``task[3]`` after resampling (normalised units at their fixed resolution)."""
+    folder, header, fs, prep = Path(task[0]), task[1], task[2], task[3]
     order = lead_order(header, folder)
     counts, per_count = read_counts(folder, header, order), scale(header, order)
-    if header.fs == fs:
+    if header.fs == fs and not prep.steps:
         return to_counts(counts)
-    return to_counts(resample_signal(to_mv(counts, per_count), header.fs, fs, axis=0), per_count)
+    mv = resample_signal(to_mv(counts, per_count), header.fs, fs, axis=0)
+    return prep.counts(mv, fs, per_count, str(folder / header.record))
 
 
 def resample(signal: np.ndarray, fs: float, target: int) -> np.ndarray:
@@ -263,12 +266,13 @@ def read_folder(folder: Path, names: list[str], fs: int, progress: bool = True, 
     return signals, headers
 
 
-def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True,
-                 workers: int | None = None) -> RecordStore:
-    """Every record of ``folder`` at ``fs`` Hz, memory-mapped: twelve leads, with ``extra['dx']`` per record.
+def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True, workers: int | None = None,
+                 prep: Preprocess = NO_PREPROCESS) -> RecordStore:
+    """Every record of ``folder`` at ``fs`` Hz, preprocessed by ``prep``, memory-mapped: twelve leads, with
+    ``extra['dx']`` per record.
 
-    The cache is named after the database folder (``cinc2020``, ``cinc2021``) and the rate, and keyed by the
-    names, sizes and times of every header and signal file.
+    The cache is named after the database folder (``cinc2020``, ``cinc2021``), the rate and the preprocessing, and
+    keyed by the names, sizes and times of every header and signal file.
     """
     names = list_records(folder)
     inputs = fingerprint([folder / f"{n}{e}" for n in names for e in (".hea", ".mat")])
@@ -278,11 +282,11 @@ def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True,
                                                                    leave=False, disable=None if progress else True)]
         orders = [lead_order(h, folder) for h in headers]
         return Plan(names, np.array([resampled_length(h.samples, h.fs, fs) for h in headers], dtype=np.int64),
-                    np.stack([scale(h, o) for h, o in zip(headers, orders, strict=True)]), fs, LEADS,
-                    {"dx": np.array([",".join(h.dx) for h in headers])}), [(str(folder), h, fs) for h in headers]
+                    prep.scale(np.stack([scale(h, o) for h, o in zip(headers, orders, strict=True)])), fs, LEADS,
+                    {"dx": np.array([",".join(h.dx) for h in headers])}), [(str(folder), h, fs, prep) for h in headers]
 
-    return cached_records(cache_dir, f"{folder.parent.name}_{fs}hz_v{CACHE_VERSION}", inputs, plan, _convert,
-                          what=f"the Challenge records in {folder}", workers=workers, progress=progress)
+    return cached_records(cache_dir, cache_name(f"{folder.parent.name}_{fs}hz", prep, CACHE_VERSION), inputs, plan,
+                          _convert, what=f"the Challenge records in {folder}", workers=workers, progress=progress)
 
 
 def record_split(labels: np.ndarray, records: np.ndarray, protocol: str, seed: int) -> dict[str, np.ndarray]:
@@ -317,14 +321,17 @@ def _split_from_manifest(records: np.ndarray, manifest: dict[str, Any]) -> dict[
 
 def build(raw_dir: Path, cache_dir: Path, *, split_seed: int, protocol: str = "records", fs: int = 500,
           seq_len: float = 10.0, saved_manifest: dict | None = None, data_url: str | None = None,
-          progress: bool = True, release: int = 2020, leads: int = 12) -> DataSplits:
+          progress: bool = True, release: int = 2020, leads: int = 12,
+          preprocess: Preprocess = NO_PREPROCESS) -> DataSplits:
     """Train/val/test record datasets of the Challenge ``release``'s scored classes (equivalent classes merged),
-    on the lead subset ``leads`` (12, or a 2021 subset)."""
+    on the lead subset ``leads`` (12, or a 2021 subset), the records preprocessed by ``preprocess`` when cached."""
     dataset = f"cinc{release}"
     if data_url:
         raise ECGError(f"--data-url is for MIT-BIH and ptb; for {dataset} {files_hint(raw_dir / 'records')}")
     scoring = read_scoring(raw_dir / "scoring", release)
-    store = load_records(raw_dir / "records", cache_dir, fs, progress)
+    if saved_manifest is not None:
+        check_run(saved_manifest.get("preprocess"), preprocess)
+    store = load_records(raw_dir / "records", cache_dir, fs, progress, prep=preprocess)
     records = store.names
     labels = np.stack([scoring.multi_hot(str(d).split(",")) for d in store.extra["dx"]])
     lead_names = LEAD_SETS[leads]
@@ -338,20 +345,21 @@ def build(raw_dir: Path, cache_dir: Path, *, split_seed: int, protocol: str = "r
     else:
         split = record_split(labels, records, protocol, split_seed)
     window = int(round(seq_len * fs))
-    preprocess = {"fs": fs, "window": window, "stride": window // 2, "leads": lead_names, "units": "mV"}
+    prep = {"fs": fs, "window": window, "stride": window // 2, "leads": lead_names, "units": preprocess.units,
+            **preprocess.describe()}
     sources = {k: sorted({source(r) for r in records[v]}) for k, v in split.items()}
     manifest = saved_manifest or {
         "database": f"PhysioNet/CinC Challenge {release}", "protocol": protocol, "split_seed": split_seed,
-        "preprocess": preprocess, "classes": scoring.codes, "class_names": scoring.abbreviations, "sources": sources,
+        "preprocess": prep, "classes": scoring.codes, "class_names": scoring.abbreviations, "sources": sources,
         "patients": patient_note(sources), **{k: records[v].tolist() for k, v in split.items()}}
     columns = [LEADS.index(lead) for lead in lead_names]
 
     def subset(idx: np.ndarray, train: bool) -> RecordDataset:
         return RecordDataset(store, idx, labels[idx], scoring.codes, window, random_crop=train,
-                             stride=preprocess["stride"], leads=columns, meta={"record": records[idx]})
+                             stride=prep["stride"], leads=columns, meta={"record": records[idx]})
 
     return DataSplits(subset(split["train"], True), subset(split["val"], False), subset(split["test"], False),
-                      manifest, multilabel=True, selection="challenge", preprocess=preprocess,
+                      manifest, multilabel=True, selection="challenge", preprocess=prep,
                       challenge_weights=scoring.weights, normal_index=scoring.normal_index)
 
 

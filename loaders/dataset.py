@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -158,7 +158,8 @@ class SeededBatches(Sampler[list[int]]):
     With ``world`` > 1 processes (DDP), every process draws the same order, padded with its first examples to
     a multiple of ``world`` (as torch's DistributedSampler pads), and takes every ``world``-th example of each
     global batch of ``batch_size`` from place ``rank``: the processes see disjoint shares of the same
-    batches, equal in number and size, so their gradient steps stay in step.
+    batches, equal in number and size, so their gradient steps stay in step. A last batch that would give each
+    process a single example is left out (batch norm cannot train on one example; the next epoch's order differs).
     """
 
     def __init__(self, sampler: Sampler[int], batch_size: int, generator: torch.Generator, rank: int = 0,
@@ -170,16 +171,22 @@ class SeededBatches(Sampler[list[int]]):
         self.rank, self.world = rank, world
 
     def __len__(self) -> int:
-        return -(-self._padded(len(self.sampler)) // self.batch_size)
+        return self._batches(len(self.sampler))
 
     def _padded(self, n: int) -> int:
         return -(-n // self.world) * self.world
 
+    def _batches(self, n: int) -> int:
+        """How many batches an epoch of ``n`` examples gives (without a last one of one example per process)."""
+        full, rest = divmod(self._padded(n), self.batch_size)
+        return full + (1 if rest and (rest > self.world or not full) else 0)
+
     def __iter__(self) -> Iterator[SeededBatch]:
         seed = int(torch.randint(0, 2**62, (), generator=self.generator))
         order = list(self.sampler)  # drawn whole now: the generator's state never depends on how far it is read
+        batches = self._batches(len(order))
         order += order[: self._padded(len(order)) - len(order)]
-        for number, start in enumerate(range(0, len(order), self.batch_size)):
+        for number, start in enumerate(range(0, batches * self.batch_size, self.batch_size)):
             batch = order[start:start + self.batch_size]
             if self.world == 1:
                 yield SeededBatch(batch, seed + number)
@@ -285,12 +292,15 @@ class RecordDataset(Dataset):
     ``random_crop``: one window per record per pass, at an offset drawn from the batch's seed
     (:class:`SeededBatch`; a plain list of indices draws from torch's global generator). Otherwise every
     record is cut into windows ``stride`` apart, the last one flush with the record's end; ``groups`` maps
-    each window to its record for averaging. Records shorter than ``window`` are zero-padded at the end.
+    each window to its record, and ``aggregate`` (mean or max) says how its windows' scores make the record's.
+    Records shorter than ``window`` are zero-padded at the end. ``standardize`` (mean, sd: one value, or one per
+    model input lead) is subtracted and divided from the recorded samples, the padding staying zero.
     """
 
     def __init__(self, store: RecordStore, rows: Sequence[int], labels: np.ndarray, classes: Sequence[str],
                  window: int, *, random_crop: bool, stride: int | None = None, leads: Sequence[int] | None = None,
-                 meta: dict[str, np.ndarray] | None = None) -> None:
+                 meta: dict[str, np.ndarray] | None = None, aggregate: str = "mean",
+                 standardize: Standardizer | None = None) -> None:
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) != len(labels) or labels.ndim != 2 or labels.shape[1] != len(classes):
             raise ValueError(f"expected one multi-hot row of {len(classes)} per record, got {labels.shape} "
@@ -303,6 +313,10 @@ class RecordDataset(Dataset):
         self.window = window
         self.random_crop = random_crop
         self.meta = meta or {}
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, not {aggregate}")
+        self.aggregate = aggregate
+        self.standardize = standardize
         if random_crop:
             self.groups = np.arange(len(rows))
             self.starts = np.zeros(len(rows), dtype=np.int64)
@@ -315,12 +329,13 @@ class RecordDataset(Dataset):
     @classmethod
     def from_signals(cls, signals: Sequence[np.ndarray], labels: np.ndarray, classes: Sequence[str], window: int, *,
                      random_crop: bool = False, stride: int | None = None,
-                     meta: dict[str, np.ndarray] | None = None) -> RecordDataset:
+                     meta: dict[str, np.ndarray] | None = None, aggregate: str = "mean",
+                     standardize: Standardizer | None = None) -> RecordDataset:
         """A dataset of in-memory float32 ``signals`` (leads, samples) in mV: recordings to predict, tests."""
         leads = [str(i) for i in range(signals[0].shape[0])] if len(signals) else []
         store = RecordStore.from_signals(signals, [str(i) for i in range(len(signals))], 0.0, leads)
         return cls(store, np.arange(len(signals)), labels, classes, window, random_crop=random_crop, stride=stride,
-                   meta=meta)
+                   meta=meta, aggregate=aggregate, standardize=standardize)
 
     @property
     def in_channels(self) -> int:
@@ -346,7 +361,65 @@ class RecordDataset(Dataset):
         else:
             starts = self.starts[indices]
         x = self.store.windows(self.rows[records], starts, self.window, self.lead_index)
+        if self.standardize is not None:
+            x = self.standardize.apply(x, self.lengths[records] - starts)
         return torch.from_numpy(x), self.labels[torch.as_tensor(records, dtype=torch.long)]
+
+
+AGGREGATES = ("mean", "max")
+STANDARDIZE_MOST = 2000  # records a standardisation is fitted on at most (evenly spaced over the training split)
+
+
+@dataclass(frozen=True)
+class Standardizer:
+    """Subtract ``mean`` and divide by ``sd`` (one value for all leads, or one per lead) from windows."""
+
+    how: str  # global | lead
+    mean: tuple[float, ...]
+    sd: tuple[float, ...]
+
+    def apply(self, x: np.ndarray, recorded: np.ndarray) -> np.ndarray:
+        """``x`` (windows, leads, samples) standardised where ``recorded[i]`` samples of window i hold signal."""
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1)
+        sd = np.asarray(self.sd, dtype=np.float32).reshape(1, -1, 1)
+        inside = np.arange(x.shape[-1])[None, None, :] < np.asarray(recorded).reshape(-1, 1, 1)
+        return np.where(inside, (x - mean) / sd, np.float32(0)).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"how": self.how, "mean": list(self.mean), "sd": list(self.sd)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Standardizer | None:
+        return None if not d else cls(d["how"], tuple(d["mean"]), tuple(d["sd"]))
+
+
+def fit_standardizer(data: RecordDataset, how: str, most: int = STANDARDIZE_MOST) -> Standardizer:
+    """The mean and sd of the recorded samples of ``data``'s records (at most ``most`` of them, evenly spaced),
+    over all leads together (``global``) or per lead (``lead``), as the model sees them (its lead selection)."""
+    if how not in ("global", "lead"):
+        raise ValueError(f"standardize must be global or lead, not {how}")
+    picked = np.unique(np.linspace(0, len(data.rows) - 1, min(most, len(data.rows))).round().astype(int))
+    total, square, count = 0.0, 0.0, 0
+    for r in data.rows[picked]:
+        x = data.store.record(int(r)).astype(np.float64)
+        if data.lead_index is not None:
+            x = x[data.lead_index]
+        axis = None if how == "global" else 1
+        total, square = total + x.sum(axis=axis), square + (x * x).sum(axis=axis)
+        count += x.shape[1] * (x.shape[0] if how == "global" else 1)
+    mean = np.atleast_1d(total / count)
+    sd = np.sqrt(np.maximum(np.atleast_1d(square / count) - mean ** 2, 0.0))
+    return Standardizer(how, tuple(float(m) for m in mean), tuple(float(max(v, 1e-6)) for v in sd))
+
+
+def with_record_options(data: DataSplits, aggregate: str = "mean", standardize: str | None = None) -> DataSplits:
+    """``data`` whose record datasets aggregate windows by ``aggregate`` and, with ``standardize``, standardise
+    by statistics of the training split only; both go into ``preprocess`` (and so into checkpoints)."""
+    scaler = fit_standardizer(data.train, standardize) if standardize else None
+    for part in (data.train, data.val, data.test):
+        part.aggregate, part.standardize = aggregate, scaler
+    extra = {"aggregate": aggregate, **({"standardize": scaler.to_dict()} if scaler else {})}
+    return replace(data, preprocess={**data.preprocess, **extra})
 
 
 def draws(batch: Sequence[int]) -> torch.Tensor:

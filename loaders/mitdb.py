@@ -10,6 +10,10 @@ Other beat formats (``BEAT_FORMATS``, ``--beat-format``) keep 187 samples at 125
 which the Kaggle beat (starting at the R peak) leaves out. ``filtered`` is ``centered`` cut from the
 record with its baseline wander removed and divided by its median beat amplitude (``beat_inputs``)
 instead of min-max scaled per 10-s window, so beats keep their height relative to the patient's own.
+
+``--preprocess`` (:mod:`loaders.preprocess`) filters the whole record at 125 Hz before beats are cut (bandpass,
+baseline removal: part of the extraction parameters, so of the cache key), and normalises each beat on its own
+after the format's scaling (z-score or min-max: applied to the cached beats, like the record statistics).
 """
 from __future__ import annotations
 
@@ -17,16 +21,16 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import median_filter
 from tqdm import tqdm
 
 from loaders.dataset import DataSplits, ECGDataset, cached_arrays, fingerprint, holdout, resample
 from loaders.download import PHYSIONET_MITDB, fetch_files, parse_sha256sums, sha256_file
+from loaders.preprocess import NO_PREPROCESS, Preprocess, bandpass, beat_normalised, check_run, remove_baseline
 from toolbox.utils import ECGError, write_json
 
 log = logging.getLogger(__name__)
@@ -77,16 +81,32 @@ class BeatParams:
     lead: str = "MLII"
     before: int = 0  # samples (at ``fs``) before the R peak where a beat starts
     scale: str = "window"  # "window": min-max per ``window_s``; "record": baseline removed, see ``beat_inputs``
+    bandpass: tuple[float, float] | None = None  # --preprocess bandpass: its edges in Hz, applied at ``fs``
+    baseline: bool = False  # --preprocess baseline: the record's baseline wander removed at ``fs``
 
     def key(self) -> str:
-        blob = json.dumps({**asdict(self), "version": EXTRACTION_VERSION, "records": RECORDS}, sort_keys=True)
+        # the filters enter the key only when set, so the caches made before they existed keep their names
+        fields = {k: v for k, v in asdict(self).items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
+        blob = json.dumps({**fields, "version": EXTRACTION_VERSION, "records": RECORDS}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+LATER_FIELDS = {"bandpass": None, "baseline": False}  # BeatParams fields added after version 3, and their defaults
 
 
 # --beat-format: name -> extraction parameters (the first is the default, the Kaggle format); the names are
 # ``loaders.BEAT_FORMAT_NAMES``, which the flag parser lists without importing this module.
 BEAT_FORMATS = {"kaggle": BeatParams(), "centered": BeatParams(rr_factor=None, before=62),
                 "filtered": BeatParams(rr_factor=None, before=62, scale="record")}
+
+
+def beat_params(beat_format: str, prep: Preprocess = NO_PREPROCESS) -> BeatParams:
+    """The extraction parameters of ``beat_format`` with the record filters of ``prep`` (bandpass, baseline)."""
+    if "baseline" in prep.steps and BEAT_FORMATS[beat_format].scale == "record":
+        raise ECGError(f"--preprocess baseline: --beat-format {beat_format} removes the baseline already; leave "
+                       f"baseline out")
+    return replace(BEAT_FORMATS[beat_format], bandpass=prep.band if "bandpass" in prep.steps else None,
+                   baseline="baseline" in prep.steps)
 
 
 def missing_files(raw_dir: Path, records: list[str] = RECORDS) -> list[str]:
@@ -145,11 +165,6 @@ def _window_scale(x: np.ndarray, win: int) -> np.ndarray:
     span[span == 0] = 1.0
     wid = np.arange(len(x)) // win
     return (x - lo[wid]) / span[wid]
-
-
-def remove_baseline(x: np.ndarray, fs: float) -> np.ndarray:
-    """Baseline wander removed: median filters of 200 ms, then 600 ms (de Chazal 2004)."""
-    return x - median_filter(median_filter(x, int(0.2 * fs) | 1, mode="nearest"), int(0.6 * fs) | 1, mode="nearest")
 
 
 def _window_median_rr(beats: np.ndarray, n_windows: int, win: int) -> np.ndarray:
@@ -220,7 +235,8 @@ def rr_intervals(beat_samples: np.ndarray, at: np.ndarray, local: int = LOCAL_RR
     return np.stack([pre, post, local_rr, pre / local_rr], axis=1).astype(np.float32)
 
 
-def beat_inputs(beats: dict[str, np.ndarray], stats: np.ndarray, by_record: bool) -> dict[str, np.ndarray]:
+def beat_inputs(beats: dict[str, np.ndarray], stats: np.ndarray, by_record: bool,
+                normalise: str | None = None) -> dict[str, np.ndarray]:
     """The network's inputs from the cached beats: ``x`` and the RR features ``rr``.
 
     Record-level statistics come only from the beats ``stats`` marks (on the intra-patient split: those
@@ -230,7 +246,8 @@ def beat_inputs(beats: dict[str, np.ndarray], stats: np.ndarray, by_record: bool
     most beats are ectopic, 232, the median RR is an ectopic one, while long pauses after them keep the
     mean near the underlying rhythm), and with ``by_record`` (``filtered`` beats) the median absolute
     amplitude at the R peaks, which divides the beats so that they keep their height relative to the
-    patient's own.
+    patient's own. ``normalise`` (zscore or minmax, ``--preprocess``) then scales each beat on its own, its
+    zero padding included.
     """
     x, rr = beats["x"], beats["rr"].copy()
     if by_record:
@@ -244,7 +261,7 @@ def beat_inputs(beats: dict[str, np.ndarray], stats: np.ndarray, by_record: bool
         if by_record:
             amplitude = float(np.median(beats["amp"][chosen]))
             x[mine] /= amplitude if amplitude > 0 else 1.0
-    return {"x": x, "rr": rr}
+    return {"x": beat_normalised(x, normalise), "rr": rr}
 
 
 NOT_EARLY = 0.9  # a beat is not early when its RR prematurity (pre/local) is at least this
@@ -290,9 +307,14 @@ def cut_beats(signal: np.ndarray, fs_in: float, beat_samples: np.ndarray, at: np
     intervals and the window median RR come from them. Training cuts at the reference annotations
     (:func:`extract_record`), ``predict.py`` at detected R peaks, with this one function.
     ``filtered`` beats (``scale="record"``) are cut from the signal with its baseline removed; their division
-    by the record's amplitude is left to :func:`beat_inputs`, which knows the split.
+    by the record's amplitude is left to :func:`beat_inputs`, which knows the split. The record filters of
+    ``params`` (``bandpass``, ``baseline``) act on the whole resampled signal before the format's scaling.
     """
     x = resample(signal, fs_in, params.fs, axis=0)
+    if params.bandpass is not None:
+        x = bandpass(x, params.fs, *params.bandpass)
+    if params.baseline:
+        x = remove_baseline(x, params.fs)
     win = int(round(params.window_s * params.fs))
     pos_all = np.clip(np.round(beat_samples * params.fs / fs_in).astype(np.int64), 0, len(x) - 1)
     pos = np.clip(np.round(at * params.fs / fs_in).astype(np.int64), 0, len(x) - 1)
@@ -325,15 +347,16 @@ def extract_record(raw_dir: Path, record: str, params: BeatParams = BeatParams()
 
 
 def beats_at(signal: np.ndarray, fs: float, peaks: np.ndarray, *, beat_format: str, median_beat: bool,
-             rr_features: bool) -> np.ndarray:
+             rr_features: bool, preprocess: Preprocess = NO_PREPROCESS) -> np.ndarray:
     """The model's input (n, channels, length) for a recording's detected R ``peaks`` (samples at ``fs``), made by
     the training code (:func:`cut_beats`, :func:`beat_inputs`, :func:`record_templates`, :func:`network_input`)
-    with record statistics from the whole recording, as on the inter-patient protocol."""
-    params = BEAT_FORMATS[beat_format]
+    with record statistics from the whole recording, as on the inter-patient protocol, and the run's
+    ``preprocess``."""
+    params = beat_params(beat_format, preprocess)
     peaks = np.asarray(peaks, dtype=np.int64)
     beats = {**cut_beats(signal, fs, peaks, peaks, params), "record": np.zeros(len(peaks), np.int64)}
     stats = np.ones(len(peaks), dtype=bool)
-    inputs = beat_inputs(beats, stats, by_record=params.scale == "record")
+    inputs = beat_inputs(beats, stats, by_record=params.scale == "record", normalise=preprocess.normaliser)
     templates = (record_templates(inputs["x"], beats["record"], beats["rr"][:, RR_FEATURES.index("pre/local")], stats)
                  if median_beat else None)
     return network_input(inputs, templates, rr_features, np.arange(len(peaks)))
@@ -485,7 +508,7 @@ def _split_from_manifest(beats: dict[str, np.ndarray], manifest: dict[str, Any],
     # the beats (record, sample) are checked one by one below, so a later EXTRACTION_VERSION is accepted;
     # parameters added since (``before``, ``scale``) take their defaults, which older extractions used
     saved = {k: v for k, v in (manifest.get("extraction") or {}).items() if k != "version"}
-    if {**asdict(BeatParams()), **saved} != asdict(params):
+    if _as_json({**asdict(BeatParams()), **saved}) != _as_json(asdict(params)):
         raise ECGError("the run's splits.json was made with other extraction parameters; start a new run "
                        "with --version bump")
     key = beats["record"] * 1_000_000 + beats["sample"]
@@ -503,10 +526,15 @@ def _split_from_manifest(beats: dict[str, np.ndarray], manifest: dict[str, Any],
     return split
 
 
+def _as_json(value: Any) -> Any:
+    """``value`` as splits.json holds it (tuples become lists), for comparison with a saved one."""
+    return json.loads(json.dumps(value))
+
+
 def build(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, protocol: str = "intra",
           saved_manifest: dict | None = None, data_url: str | None = None, progress: bool = True,
           rr_features: bool = False, beat_format: str = "kaggle", median_beat: bool = False,
-          folds: int | None = None, fold: int | None = None) -> DataSplits:
+          folds: int | None = None, fold: int | None = None, preprocess: Preprocess = NO_PREPROCESS) -> DataSplits:
     """The MIT-BIH train/val/test datasets (5 AAMI classes, or N versus the rest when ``binary``).
 
     ``protocol`` ``intra``: stratified random beats; ``inter``: DS1 records for training, DS2 for testing, or
@@ -515,6 +543,8 @@ def build(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, prot
     ``beat_format``: how a beat is cut and scaled (``BEAT_FORMATS``).
     ``median_beat``: a second signal channel holds the median of the beat's record's beats that do not come
     early (``record_templates``).
+    ``preprocess``: bandpass and baseline removal of each record before beats are cut (:func:`beat_params`),
+    then z-score or min-max normalisation of each beat (:func:`beat_inputs`).
     Record-level statistics (template, scale, mean RR) never use a test beat of a record that training sees
     (:func:`beat_inputs`).
     """
@@ -524,7 +554,9 @@ def build(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, prot
         raise ECGError(f"unknown beat format '{beat_format}'; valid: {', '.join(BEAT_FORMATS)}")
     if (folds is not None) and protocol != "inter":
         raise ECGError("--folds splits the DS1 records of the inter-patient protocol; add --split inter")
-    params = BEAT_FORMATS[beat_format]
+    params = beat_params(beat_format, preprocess)
+    if saved_manifest is not None:
+        check_run(saved_manifest.get("preprocess"), preprocess)
     beats = load_beats(raw_dir, cache_dir, params, data_url=data_url, progress=progress)
     if saved_manifest is not None and saved_manifest.get("protocol") != PROTOCOLS[protocol]:
         raise ECGError(f"the run's splits.json holds a {saved_manifest.get('protocol')} split, not "
@@ -556,7 +588,7 @@ def build(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, prot
     stats = np.ones(len(labels), dtype=bool)
     if protocol == "intra":  # records sit on both sides: their statistics come from training-side beats
         stats[split["test"]] = False
-    inputs = beat_inputs(beats, stats, by_record=params.scale == "record")
+    inputs = beat_inputs(beats, stats, by_record=params.scale == "record", normalise=preprocess.normaliser)
     templates = (record_templates(inputs["x"], beats["record"], beats["rr"][:, RR_FEATURES.index("pre/local")], stats)
                  if median_beat else None)
 
@@ -566,21 +598,25 @@ def build(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, prot
 
     return DataSplits(subset(split["train"]), subset(split["val"]), subset(split["test"]),
                       {**manifest, "rr_features": RR_FEATURES if rr_features else [], "median_beat": median_beat,
-                       "statistics": "training-side beats" if protocol == "intra" else "whole records"},
+                       "statistics": "training-side beats" if protocol == "intra" else "whole records",
+                       "preprocess": preprocess.describe()},
                       feature_channels=len(RR_FEATURES) if rr_features else 0,
-                      resample_records=protocol == "inter")
+                      resample_records=protocol == "inter",
+                      preprocess=preprocess.describe() if preprocess.steps else {})
 
 
 def build_beats(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, protocol: str = "intra",
                 saved_manifest: dict | None = None, data_url: str | None = None, progress: bool = True,
                 rr_features: bool = False, beat_format: str = "kaggle", median_beat: bool = False,
-                folds: int | None = None, fold: int | None = None) -> DataSplits:
+                folds: int | None = None, fold: int | None = None,
+                preprocess: Preprocess = NO_PREPROCESS) -> DataSplits:
     """MIT-BIH beats: from the Kaggle CSVs when they lie in the folder, else from the raw records (:func:`build`)."""
     from loaders import kaggle  # kaggle imports this module
 
     if kaggle.has_mitbih_csv(raw_dir):
         needs = [flag for flag, on in (("--rr-features", rr_features), ("--median-beat", median_beat),
-                                       (f"--beat-format {beat_format}", beat_format != "kaggle")) if on]
+                                       (f"--beat-format {beat_format}", beat_format != "kaggle"),
+                                       (f"--preprocess {' '.join(preprocess.steps)}", bool(preprocess.steps))) if on]
         if needs:
             raise ECGError(f"{needs[0]} needs the raw MIT-BIH records, but {raw_dir} holds the Kaggle CSVs "
                            f"(beats cut at the R peak, without their times); point ECG_DATA_ROOT or --root-dir "
@@ -589,4 +625,4 @@ def build_beats(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int
                                    saved_manifest=saved_manifest)
     return build(raw_dir, cache_dir, binary=binary, split_seed=split_seed, protocol=protocol,
                  saved_manifest=saved_manifest, data_url=data_url, progress=progress, rr_features=rr_features,
-                 beat_format=beat_format, median_beat=median_beat, folds=folds, fold=fold)
+                 beat_format=beat_format, median_beat=median_beat, folds=folds, fold=fold, preprocess=preprocess)

@@ -33,6 +33,7 @@ from loaders.cinc2020 import LEADS, lead_order, read_header, scale
 from loaders.dataset import DataSplits, RecordDataset, cache_key, fingerprint, resampled_length
 from loaders.dataset import resample as resample_signal
 from loaders.mapped import Plan, RecordStore, cached_records, to_counts, to_mv
+from loaders.preprocess import NO_PREPROCESS, Preprocess, cache_name, check_run
 from toolbox.utils import ECGError
 
 log = logging.getLogger(__name__)
@@ -125,9 +126,10 @@ def fold_split(folds: np.ndarray) -> dict[str, np.ndarray]:
     return {k: np.flatnonzero(np.isin(folds, v)) for k, v in FOLDS.items()}
 
 
-def _convert(task: tuple[str, object, int]) -> np.ndarray:
-    """One record for the cache: its twelve leads as int16 counts (samples, 12) at the cache rate ``fs``."""
-    path, header, fs = Path(task[0]), task[1], task[2]
+def _convert(task: tuple[str, object, int, Preprocess]) -> np.ndarray:
+    """One record for the cache: its twelve leads as int16 counts (samples, 12) at the cache rate ``fs``,
+    preprocessed by ``task[3]`` (after resampling)."""
+    path, header, fs, prep = Path(task[0]), task[1], task[2], task[3]
     try:
         rec = wfdb.rdrecord(str(path), physical=False)
     except Exception as exc:  # wfdb raises many types for damaged files
@@ -136,18 +138,19 @@ def _convert(task: tuple[str, object, int]) -> np.ndarray:
     if rec.d_signal is None or rec.d_signal.shape != (header.samples, len(header.leads)):
         raise ECGError(f"PTB-XL record {path}: its signal file does not match its header")
     counts = rec.d_signal[:, order].astype(np.int32) - np.rint(header.baselines[order]).astype(np.int32)
-    if header.fs == fs:
+    if header.fs == fs and not prep.steps:
         return to_counts(counts)
     per_count = scale(header, order)
-    return to_counts(resample_signal(to_mv(counts, per_count), header.fs, fs, axis=0), per_count)
+    return prep.counts(resample_signal(to_mv(counts, per_count), header.fs, fs, axis=0), fs, per_count, str(path))
 
 
-def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True,
-                 workers: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame, RecordStore]:
-    """The tables and every record of the database table at ``fs`` Hz, memory-mapped (store row i is table row i).
+def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True, workers: int | None = None,
+                 prep: Preprocess = NO_PREPROCESS) -> tuple[pd.DataFrame, pd.DataFrame, RecordStore]:
+    """The tables and every record of the database table at ``fs`` Hz, memory-mapped (store row i is table row i),
+    preprocessed by ``prep``.
 
-    Read from ``records100/`` up to 100 Hz, else from ``records500/``. The cache is keyed by the sampling rate,
-    the sizes and times of every record file and the table's order of records.
+    Read from ``records100/`` up to 100 Hz, else from ``records500/``. The cache is named by the sampling rate and
+    the preprocessing, and keyed by the sizes and times of every record file and the table's order of records.
     """
     db, scp = read_tables(folder)
     column = "filename_lr" if fs <= NATIVE_FS else "filename_hr"
@@ -162,22 +165,25 @@ def load_records(folder: Path, cache_dir: Path, fs: int, progress: bool = True,
                                    disable=None if progress else True)]
         orders = [lead_order(h, folder / rel) for h, rel in zip(headers, db[column], strict=True)]
         return Plan([str(i) for i in db.index], np.array([resampled_length(h.samples, h.fs, fs) for h in headers]),
-                    np.stack([scale(h, o) for h, o in zip(headers, orders, strict=True)]), fs, LEADS), \
-            [(str(folder / rel), h, fs) for rel, h in zip(db[column], headers, strict=True)]
+                    prep.scale(np.stack([scale(h, o) for h, o in zip(headers, orders, strict=True)])), fs, LEADS), \
+            [(str(folder / rel), h, fs, prep) for rel, h in zip(db[column], headers, strict=True)]
 
     inputs = cache_key(fingerprint(files), list(db.index))  # store row i is table row i: the order counts too
-    store = cached_records(cache_dir, f"ptbxl_{fs}hz_v{CACHE_VERSION}", inputs, plan, _convert,
+    store = cached_records(cache_dir, cache_name(f"ptbxl_{fs}hz", prep, CACHE_VERSION), inputs, plan, _convert,
                            what=f"the PTB-XL records in {folder}", workers=workers, progress=progress)
     return db, scp, store
 
 
 def build(raw_dir: Path, cache_dir: Path, *, split_seed: int, protocol: str = "folds", fs: int = NATIVE_FS,
           seq_len: float = 10.0, saved_manifest: dict[str, Any] | None = None, data_url: str | None = None,
-          progress: bool = True, labels: str = "superdiagnostic") -> DataSplits:
-    """Train/val/test datasets of PTB-XL in label set ``labels`` on its recommended folds."""
+          progress: bool = True, labels: str = "superdiagnostic", preprocess: Preprocess = NO_PREPROCESS) -> DataSplits:
+    """Train/val/test datasets of PTB-XL in label set ``labels`` on its recommended folds, the records preprocessed
+    by ``preprocess`` when they are cached."""
     if data_url:
         raise ECGError(f"--data-url is for MIT-BIH and ptb; for ptbxl {files_hint(raw_dir)}")
-    db, scp, store = load_records(raw_dir, cache_dir, fs, progress)
+    if saved_manifest is not None:
+        check_run(saved_manifest.get("preprocess"), preprocess)
+    db, scp, store = load_records(raw_dir, cache_dir, fs, progress, prep=preprocess)
     classes, names, multi_hot = labels_of(db, scp, labels)
     keep = np.flatnonzero(multi_hot.any(axis=1))
     if not len(keep):
@@ -191,15 +197,17 @@ def build(raw_dir: Path, cache_dir: Path, *, split_seed: int, protocol: str = "f
             raise ECGError("the run's splits.json lists other PTB-XL records or classes than the data folder gives "
                            "now; restore the data or start a new run with --version bump")
     window = int(round(seq_len * fs))
-    preprocess = {"fs": fs, "window": window, "stride": window // 2, "leads": LEADS, "units": "mV"}
+    prep = {"fs": fs, "window": window, "stride": window // 2, "leads": LEADS, "units": preprocess.units,
+            **preprocess.describe()}
     manifest = saved_manifest or {
-        "database": "PTB-XL", "protocol": protocol, "split_seed": split_seed, "preprocess": preprocess,
+        "database": "PTB-XL", "protocol": protocol, "split_seed": split_seed, "preprocess": prep,
         "label_set": labels, "classes": classes, "class_names": names, "folds": FOLDS,
         "dropped_without_label": int(len(db) - len(keep)), **{k: ecg_id[v].tolist() for k, v in split.items()}}
 
     def subset(idx: np.ndarray, train: bool) -> RecordDataset:
         return RecordDataset(store, idx, multi_hot[idx], classes, window, random_crop=train,
-                             stride=preprocess["stride"], meta={"record": ecg_id[idx]})
+                             stride=prep["stride"], meta={"record": ecg_id[idx]})
 
     return DataSplits(subset(split["train"], True), subset(split["val"], False), subset(split["test"], False),
-                      manifest, multilabel=True, selection="macro_auroc", preprocess=preprocess)
+                      manifest, multilabel=True, selection="macro_auroc", preprocess=prep)
+

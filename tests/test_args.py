@@ -303,8 +303,8 @@ def test_a_recipe_is_its_flags_and_the_command_line_wins() -> None:
     for name, flags in RECIPES.items():
         recipe = parse_args(["--recipe", name])
         assert run_name(recipe) == run_name(parse_args(flags)) and recipe.recipe == name
-        tuned = parse_args(["--recipe", name, "--lr", "0.01", "--seed", "2"])
-        assert tuned.lr == 0.01 and "_lr0.01_" in run_name(tuned)
+        tuned = parse_args(["--recipe", name, "--lr", "0.02", "--seed", "2"])
+        assert tuned.lr == 0.02 and "_lr0.02_" in run_name(tuned)
         hint = naming_flags(tuned)
         assert hint[:2] == ["--recipe", name] and "--lr" in hint and run_name(parse_args(hint)) == run_name(tuned)
 

@@ -254,13 +254,13 @@ def test_shift_moves_a_spike_by_at_most_five_percent_and_fills_with_zeros() -> N
 
 
 def test_augmenter_leaves_feature_channels_alone_and_repeats_with_the_seed() -> None:
-    x = _batch(features=4)
+    x, y = _batch(features=4), torch.zeros(64, dtype=torch.long)
     aug = augment.Augmenter(["shift", "scale", "noise", "wander"], signal_channels=1)
     torch.manual_seed(3)
-    first = aug(x)
+    first, labels = aug(x, y)
     torch.manual_seed(3)
-    again = aug(x)
-    assert torch.equal(first, again) and first.shape == x.shape
+    again, _ = aug(x, y)
+    assert torch.equal(first, again) and first.shape == x.shape and labels is y
     assert torch.equal(first[:, 1:], x[:, 1:]) and not torch.equal(first[:, :1], x[:, :1])
     with pytest.raises(ECGError, match="unknown augmentation 'flip'"):
         augment.Augmenter(["flip"], 1)
@@ -280,14 +280,19 @@ def test_label_smoothing_penalises_overconfidence_and_only_for_crossentropy() ->
 
 # --- through commander.py ---------------------------------------------------------------------------------------
 
+# every augmenter the beats take (mixup makes soft targets, here with label smoothing), given out of order
+BEAT_AUGMENTERS = ["wander", "scale", "mixup", "noise", "shift", "mask", "invert", "renormalize", "stretch"]
 FLAGS = ["--dataset", "ecg", "--split", "inter", "--model-name", "cnn1d_3", "--short-run", "--rr-features",
-         "--augment", "wander", "scale", "noise", "shift", "--label-smoothing", "0.1"]
+         "--augment", *BEAT_AUGMENTERS, "--label-smoothing", "0.1"]
+IN_ORDER = "mixup+stretch+renormalize+invert+scale+noise+wander+shift+mask"
 
 
 def test_run_name_and_flags() -> None:
     name = run_name(parse_args(FLAGS))
-    assert name.endswith("_rr_aug-scale+noise+wander+shift_ls0.1")
-    assert run_name(parse_args(FLAGS[:7])) == name.removesuffix("_rr_aug-scale+noise+wander+shift_ls0.1")
+    assert name.endswith(f"_rr_aug-{IN_ORDER}_ls0.1")
+    assert run_name(parse_args(FLAGS[:7])) == name.removesuffix(f"_rr_aug-{IN_ORDER}_ls0.1")
+    old = ["--dataset", "ecg", "--augment", "wander", "scale", "noise", "shift"]  # a run named before there were more
+    assert run_name(parse_args(old)).endswith("_aug-scale+noise+wander+shift")
 
 
 @pytest.fixture()
@@ -296,7 +301,17 @@ def root(tmp_path: Path, cache_root: Path) -> Path:
     return tmp_path
 
 
-def test_rr_augmented_run_trains_resumes_exactly_and_tests(root: Path, capsys) -> None:
+class CountingAugmenter(augment.Augmenter):
+    calls = 0  # over every instance: each run builds its own
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        CountingAugmenter.calls += 1
+        return super().__call__(x, y)
+
+
+def test_rr_augmented_run_trains_resumes_exactly_and_tests(root: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(commander, "Augmenter", CountingAugmenter)
+    monkeypatch.setattr(CountingAugmenter, "calls", 0)
     straight = root / "straight"
     shutil.copytree(root / "cache", straight / "cache")
     assert commander.main([*FLAGS, "--epochs", "2", "--scheduler", "StepLR", "--root-dir", str(straight)]) == 0
@@ -311,15 +326,16 @@ def test_rr_augmented_run_trains_resumes_exactly_and_tests(root: Path, capsys) -
     for k, v in reference["model"].items():  # augmentation draws are part of the saved random state
         assert torch.equal(v, resumed["model"][k]), k
     config = json.loads((run / "config.json").read_text())
-    assert config["dataset"]["in_channels"] == 5 and config["flags"]["augment"] == ["scale", "noise", "wander",
-                                                                                     "shift"]
+    assert config["dataset"]["in_channels"] == 5 and config["flags"]["augment"] == IN_ORDER.split("+")
+    # 4 epochs of 10 training batches were trained (2 straight, 1 + 1 resumed); 10 validation batches each were not
+    assert CountingAugmenter.calls == 40
     assert json.loads((run / "splits.json").read_text())["rr_features"] == mitdb.RR_FEATURES
     capsys.readouterr()
     assert commander.main([*FLAGS, "--scheduler", "StepLR", "--root-dir", str(root), "--test"]) == 0
     assert "test (model_best.pth.tar, epoch" in capsys.readouterr().out
 
     # the same run without augmentation learns other weights (the augmentation is applied)
-    plain = [f for f in FLAGS if f not in ("--augment", "wander", "scale", "noise", "shift")]
+    plain = [f for f in FLAGS if f not in ("--augment", *BEAT_AUGMENTERS)]
     assert commander.main([*plain, "--epochs", "2", "--scheduler", "StepLR", "--root-dir", str(straight)]) == 0
     plain_run = straight / "ecg" / "runs" / f"{run_name(parse_args([*plain, '--scheduler', 'StepLR']))}_1"
     other = torch.load(plain_run / "checkpoint.pth.tar", weights_only=True)

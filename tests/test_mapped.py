@@ -154,6 +154,15 @@ def test_processes_share_every_batch_and_draw_what_one_process_draws() -> None:
         SeededBatches(order, 8, torch.Generator(), 0, 3)
 
 
+@pytest.mark.parametrize("n,world,sizes", [(17, 1, [8, 8]), (18, 1, [8, 8, 2]), (1, 1, [1]), (18, 2, [4, 4]),
+                                           (20, 2, [4, 4, 2])])
+def test_a_last_batch_of_one_example_per_process_is_left_out(n: int, world: int, sizes: list[int]) -> None:
+    """Batch norm cannot train on one example (the benchmark heads pool to one vector per example)."""
+    got = list(SeededBatches(list(range(n)), 8, torch.Generator().manual_seed(0), 0, world))
+    assert [len(b) for b in got] == sizes
+    assert len(SeededBatches(list(range(n)), 8, torch.Generator(), 0, world)) == len(sizes)
+
+
 def test_two_builds_of_one_cache_at_once_give_one_complete_cache(records: Path, tmp_path: Path) -> None:
     """Two runs started together on one machine: the second waits for the first's build and reads it."""
     cache = tmp_path / "cache"

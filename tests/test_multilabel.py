@@ -35,6 +35,7 @@ from toolbox.metrics import (
 from toolbox.utils import ECGError
 
 CINC = ["--dataset", "cinc2020", "--model-name", "cnn1d_3", "--batch-size", "16"]
+CINC_RUN = [*CINC, "--preprocess", "bandpass", "zscore"]  # the shared run: cache-time preprocessing included
 PTBXL = ["--dataset", "ptbxl", "--model-name", "cnn1d_3", "--batch-size", "32"]
 
 
@@ -292,14 +293,15 @@ def test_positive_weights() -> None:
 
 @pytest.fixture(scope="module")
 def cinc_run(tmp_path_factory: pytest.TempPathFactory, cinc_dir: Path) -> Path:
-    """A cinc2020 run trained for 3 epochs and tested."""
+    """A cinc2020 run of bandpassed, z-scored records, trained for 3 epochs and tested: driver.py and predict.py
+    must preprocess new records as the cache did to reproduce its test predictions."""
     root = tmp_path_factory.mktemp("cinc")
-    proc = run_cli(*CINC, "--epochs", "3", "--root-dir", str(root), "--tensorboard")
+    proc = run_cli(*CINC_RUN, "--epochs", "3", "--root-dir", str(root), "--tensorboard")
     assert proc.returncode == 0, proc.stderr
-    proc = run_cli(*CINC, "--epochs", "3", "--root-dir", str(root), "--test")
+    proc = run_cli(*CINC_RUN, "--epochs", "3", "--root-dir", str(root), "--test")
     assert proc.returncode == 0, proc.stderr
     assert "Challenge metric" in proc.stdout and "macro AUROC" in proc.stdout
-    return root / "cinc2020" / "runs" / f"{run_name(parse_args(CINC))}_1"
+    return root / "cinc2020" / "runs" / f"{run_name(parse_args(CINC_RUN))}_1"
 
 
 def test_cinc_run_folder_layout(cinc_run: Path) -> None:
@@ -592,7 +594,11 @@ def test_predict_scores_challenge_records_as_the_test_split(cinc_run: Path, cinc
     assert predict.main([*inputs, "--out", str(out), "--run", str(cinc_run)]) == 0
     got = pd.read_csv(out / "predictions.csv")
     state = torch.load(cinc_run / "model_best.pth.tar", weights_only=True)
-    names = json.loads((cinc_run / "splits.json").read_text())["class_names"]
+    splits = json.loads((cinc_run / "splits.json").read_text())
+    names = splits["class_names"]
+    for prep in (state["preprocess"], splits["preprocess"]):  # the steps the records were cached with
+        assert (prep["steps"], prep["bandpass"], prep["units"]) == (["bandpass", "zscore"], [0.5, 40.0], "z-score")
+    assert "_pre-bandpass0.5-40+zscore" in cinc_run.name
     assert got["record"].tolist() == pred["record"].tolist()
     for code, name, threshold in zip(state["classes"], names, state["thresholds"], strict=True):
         title = f"{name} ({code})" if name != code else code

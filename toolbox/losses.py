@@ -38,7 +38,12 @@ def positive_weights(positives: np.ndarray, total: int, mode: str) -> torch.Tens
 
 
 class FocalLoss(nn.Module):
-    """Focal loss (Lin et al. 2017): cross-entropy scaled by (1 - p_true) ** gamma, optional class weights."""
+    """Focal loss (Lin et al. 2017): cross-entropy scaled by (1 - p_true) ** gamma, optional class weights.
+
+    ``target``: class indices, or probability rows (as mixup and cutmix make), for which the loss of an example
+    is the sum over classes of target_c x the loss of class c, and its weight the sum of target_c x weight_c
+    (so a one-hot row gives exactly what its index gives).
+    """
 
     def __init__(self, weight: torch.Tensor | None = None, gamma: float = 2.0) -> None:
         super().__init__()
@@ -46,10 +51,15 @@ class FocalLoss(nn.Module):
         self.gamma = gamma
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logp = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
-        loss = -((1 - logp.exp()) ** self.gamma) * logp
-        if self.weight is not None:
-            w = self.weight[target]
+        logp = F.log_softmax(logits.float(), dim=1)
+        if target.dtype.is_floating_point:
+            loss = -(target * (1 - logp.exp()) ** self.gamma * logp).sum(dim=1)
+            w = target @ self.weight if self.weight is not None else None
+        else:
+            logp = logp.gather(1, target[:, None]).squeeze(1)
+            loss = -((1 - logp.exp()) ** self.gamma) * logp
+            w = self.weight[target] if self.weight is not None else None
+        if w is not None:
             return (w * loss).sum() / w.sum()
         return loss.mean()
 

@@ -126,7 +126,7 @@ def headline(metrics: dict[str, Any], keys: Sequence[str], ci: dict[str, Any] | 
     """'name value [lo, hi]' for each of ``keys`` that ``metrics`` holds, on one line."""
     names = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1",
              "macro_auroc": "macro AUROC", "macro_auprc": "macro AUPRC", "challenge": "Challenge metric",
-             "f_beta": "F2", "g_beta": "G2", "loss": "loss"}
+             "fmax": "Fmax", "f_beta": "F2", "g_beta": "G2", "loss": "loss"}
     return "  ".join(f"{names[k]} {_cell(metrics[k], (ci or {}).get(k))}" for k in keys if k in metrics)
 
 
@@ -257,6 +257,31 @@ def select_thresholds(targets: np.ndarray, probs: np.ndarray, objective: str = "
     return thresholds
 
 
+FMAX_GRID = np.round(np.arange(0, 101) / 100, 2)  # the thresholds Fmax searches (CAFA; Strodthoff et al. 2021)
+
+
+def fmax(targets: np.ndarray, probs: np.ndarray, grid: np.ndarray = FMAX_GRID) -> float:
+    """The sample-centred maximum F1 over one threshold shared by all classes (CAFA's Fmax, the PTB-XL benchmark's).
+
+    At threshold t, precision is the mean over the records with at least one score >= t of the share of their
+    positive outputs that are true, recall the mean over all records of the share of their labels found, and
+    F(t) their harmonic mean; Fmax is the largest F(t). A summary of the scores' ranking like AUROC: it takes
+    its threshold from the data it scores, so it is never a decision rule (those come from validation).
+    """
+    targets = np.asarray(targets, dtype=bool)
+    labels = np.maximum(targets.sum(axis=1), 1)
+    best = 0.0
+    for t in grid:
+        out = probs >= t
+        made = out.sum(axis=1)
+        hits = (out & targets).sum(axis=1)
+        precision = (hits[made > 0] / made[made > 0]).mean() if (made > 0).any() else 0.0
+        recall = (hits / labels).mean()
+        if precision + recall > 0:
+            best = max(best, float(2 * precision * recall / (precision + recall)))
+    return best
+
+
 def multilabel_metrics(targets: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, classes: Sequence[str], *,
                        weights: np.ndarray | None = None, normal_index: int | None = None) -> dict[str, Any]:
     """Macro AUROC and AUPRC, exact-match accuracy, macro F-measure, F2 and G2, per-class scores, Challenge metric.
@@ -276,7 +301,7 @@ def multilabel_metrics(targets: np.ndarray, probs: np.ndarray, thresholds: np.nd
         **decision_scores(targets, outputs),
         "macro_auroc": _nanmean(auroc) if (~np.isnan(auroc)).any() else float("nan"),
         "macro_auprc": _nanmean(auprc) if (~np.isnan(auprc)).any() else float("nan"),
-        "f_beta": f_beta, "g_beta": g_beta,
+        "fmax": fmax(targets, probs), "f_beta": f_beta, "g_beta": g_beta,
         "per_class": {c: {"precision": float(tp[k] / out[k]) if out[k] else 0.0,
                           "recall": float(tp[k] / pos[k]) if pos[k] else 0.0, "f1": _number(f1[k]),
                           "auroc": _number(auroc[k]), "auprc": _number(auprc[k]), "support": int(pos[k]),
@@ -295,7 +320,7 @@ def bootstrap_multilabel(targets: np.ndarray, probs: np.ndarray | Sequence[np.nd
                          seed: int = BOOTSTRAP_SEED) -> dict[str, Any]:
     """95% bootstrap intervals of the multi-label headline scores, resampling whole records (rows); seeded.
 
-    Macro AUROC, exact-match accuracy, macro F-measure, F2, G2, per-class F1 and AUROC, and the Challenge
+    Macro AUROC, Fmax, exact-match accuracy, macro F-measure, F2, G2, per-class F1 and AUROC, and the Challenge
     metric when ``weights`` are given. Several runs (``probs`` and ``thresholds`` as lists) are scored on the
     same draws and averaged, as in :func:`bootstrap_classification`.
     """
@@ -304,7 +329,7 @@ def bootstrap_multilabel(targets: np.ndarray, probs: np.ndarray | Sequence[np.nd
     targets = np.asarray(targets, dtype=bool)
     outputs = [p >= np.asarray(t)[None, :] for p, t in zip(runs, cuts, strict=True)]
     rng = np.random.default_rng(seed)
-    keys = ("macro_auroc", "accuracy", "macro_f1", "f_beta", "g_beta", "challenge")
+    keys = ("macro_auroc", "fmax", "accuracy", "macro_f1", "f_beta", "g_beta", "challenge")
     draws: dict[str, list] = {k: [] for k in (*keys, "f1", "auroc")}
     for _ in range(resamples):
         idx = rng.integers(0, len(targets), len(targets))
@@ -314,6 +339,7 @@ def bootstrap_multilabel(targets: np.ndarray, probs: np.ndarray | Sequence[np.nd
             auroc, f1 = auroc_per_class(t, p[idx]), _f1(t, o[idx])
             scores["macro_auroc"].append(np.nanmean(auroc) if (~np.isnan(auroc)).any() else np.nan)
             scores["auroc"].append(auroc)
+            scores["fmax"].append(fmax(t, p[idx]))
             scores["f1"].append(f1)
             for key, value in decision_scores(t, o[idx]).items():
                 scores[key].append(value)
