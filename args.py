@@ -167,7 +167,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(default: PhysioNet), or for ptb the URL of the Kaggle archive (default: Google Drive)")
 
     g.add_argument("--fs", default=None, type=POSITIVE_INT,
-                   help="cinc2020, ptbxl: resample records to this rate in Hz (default: cinc2020 500, ptbxl 100)")
+                   help="cinc2020, cinc2021, ptbxl: resample records to this rate in Hz (default: cinc2020, "
+                        "cinc2021 500, ptbxl 100)")
     g.add_argument("--leads", default=12, type=int, choices=list(LEAD_SETS),
                    help="cinc2020, cinc2021: the Challenge 2021 lead subsets: 12, 6 (I, II, III, aVR, aVL, aVF), "
                         "4 (I, II, III, V2), 3 (I, II, V2) or 2 (I, II); the model's input channels follow")
@@ -176,16 +177,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "subclasses), diagnostic, form, rhythm (those statements) or all (every statement); records "
                         "without a label of the set are left out")
     g.add_argument("--seq-len", default=10.0, type=POSITIVE,
-                   help="cinc2020, ptbxl: window length in seconds (random crops for training, sliding windows "
-                        "aggregated for evaluation, --aggregate; shorter records are zero-padded)")
+                   help="cinc2020, cinc2021, ptbxl: window length in seconds (random crops for training, sliding "
+                        "windows aggregated for evaluation, --aggregate; shorter records are zero-padded)")
     g.add_argument("--aggregate", default="mean", choices=list(AGGREGATES),
-                   help="cinc2020, ptbxl: how a record's score per class comes from its sliding windows (half a "
-                        "window apart) at validation, test and predict.py: their mean, or their max (the PTB-XL "
-                        "benchmark's)")
+                   help="cinc2020, cinc2021, ptbxl: how a record's score per class comes from its sliding windows "
+                        "(half a window apart) at validation, test and predict.py: their mean, or their max (the "
+                        "PTB-XL benchmark's)")
     g.add_argument("--standardize", default=None, choices=list(STANDARDIZE),
-                   help="cinc2020, ptbxl: subtract a mean and divide by a standard deviation fitted on the training "
-                        "records only (never validation or test): one for all leads (global, the PTB-XL "
-                        "benchmark's) or one per lead; kept in the checkpoint, so predict.py applies the same")
+                   help="cinc2020, cinc2021, ptbxl: subtract a mean and divide by a standard deviation fitted on "
+                        "the training records only (never validation or test): one for all leads (global, the "
+                        "PTB-XL benchmark's) or one per lead; kept in the checkpoint, so predict.py applies the same")
     g.add_argument("--rr-features", action="store_true",
                    help="ecg, ecg_bin: give the network each beat's RR intervals (previous, next, mean of the last 10, "
                         "and previous / mean of the last 10; divided by the record's mean RR) as 4 per-beat features "
@@ -387,7 +388,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                          ("--standardize", "standardize"),
                                          ("--threshold-metric", "threshold_metric")) if name in given]
         if wrong:
-            parser.error(f"{wrong[0]} applies to the record datasets (cinc2020, ptbxl), not to {args.dataset}")
+            parser.error(f"{wrong[0]} applies to the record datasets (cinc2020, cinc2021, ptbxl), not to "
+                         f"{args.dataset}")
         args.criterion = args.criterion or "crossentropy"
         if args.criterion == "bce":
             parser.error(f"--criterion bce is for multi-label datasets; --dataset {args.dataset} is single-label")

@@ -37,7 +37,7 @@ BANDPASS = (0.5, 40.0)
 
 def preprocess_tag(steps: Sequence[str], band: Sequence[float] = BANDPASS) -> str:
     """Preprocessing steps in one word for cache and run names, e.g. ``bandpass0.5-40+zscore``; empty without steps."""
-    return "+".join(f"bandpass{band[0]:g}-{band[1]:g}" if s == "bandpass" else s for s in steps)
+    return "+".join(f"bandpass{band[0]:.12g}-{band[1]:.12g}" if s == "bandpass" else s for s in steps)
 
 
 def _lazy(module: str, function: str, **fixed: Any) -> Callable[..., Any]:

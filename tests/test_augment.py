@@ -12,7 +12,7 @@ from args import AUGMENTATIONS, RECORD_AUGMENTATIONS, parse_args
 from loaders.dataset import ECGDataset, RecordDataset, make_dataloader
 from models import get_model
 from toolbox import augment
-from toolbox.losses import FocalLoss
+from toolbox.losses import FocalLoss, get_criterion
 
 LEADS, FEATURES, LENGTH, CLASSES = 3, 2, 200, 5
 
@@ -191,6 +191,22 @@ def test_focal_loss_takes_probability_rows() -> None:
     soft = torch.tensor([[0.7, 0.3, 0.0]]).expand(6, 3)
     per_class = [FocalLoss()(logits, torch.full((6,), c)) for c in range(2)]
     assert torch.allclose(FocalLoss()(logits, soft), 0.7 * per_class[0] + 0.3 * per_class[1])
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_of_one_hot_rows_is_that_of_their_indices(smoothing: float) -> None:
+    """Also with class weights: a mixer changes the targets, not the scale of the loss."""
+    logits = torch.randn(6, 3)
+    target = torch.tensor([0, 2, 1, 1, 0, 2])
+    onehot = augment.soft_targets(target, 3)
+    for w in (None, torch.tensor([0.5, 2.0, 1.0])):
+        loss = get_criterion("crossentropy", w, smoothing)
+        assert torch.allclose(loss(logits, onehot), loss(logits, target), atol=1e-6)
+        assert torch.allclose(loss(logits, target), nn.CrossEntropyLoss(weight=w, label_smoothing=smoothing)(
+            logits, target))
+    soft = torch.tensor([[0.7, 0.3, 0.0]]).expand(6, 3)
+    per_class = [get_criterion("crossentropy")(logits, torch.full((6,), c)) for c in range(2)]
+    assert torch.allclose(get_criterion("crossentropy")(logits, soft), 0.7 * per_class[0] + 0.3 * per_class[1])
 
 
 @pytest.mark.parametrize("dataset", ["ecg", "ecg_bin", "ptb"])

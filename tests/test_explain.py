@@ -66,7 +66,7 @@ def test_integrated_gradients_are_complete(name: str) -> None:
     x, baseline = torch.randn(3, 2, 120) * 3, torch.randn(1, 2, 120)
     targets = [0, 3, 1]
     for base in (None, baseline):
-        s = explain.integrated_gradients(model, x, targets, steps=64, baseline=base)
+        s = explain.integrated_gradients(model, x, targets, steps=32, baseline=base)
         with torch.no_grad():
             gain = model(x) - model(torch.zeros_like(x) if base is None else base.expand_as(x))
         want = gain[torch.arange(3), targets]

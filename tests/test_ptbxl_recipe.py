@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ from loaders import ptbxl
 from loaders.dataset import RecordDataset, Standardizer, fit_standardizer, with_record_options
 from tests.conftest import one_line_error, run_cli
 from toolbox.metrics import bootstrap_multilabel, fmax, multilabel_metrics
+from toolbox.utils import ECGError
 from trainer import aggregate_windows
 
 
@@ -37,6 +39,22 @@ def test_fmax_ignores_records_without_outputs_in_precision_only() -> None:
     assert fmax(targets, probs, grid=np.array([0.05])) == 1.0  # scores >= t count as outputs
     assert fmax(targets, probs, grid=np.array([0.0])) == pytest.approx(2 / 3)  # precision 1/2, recall 1
     assert fmax(targets, probs) == 1.0
+
+
+def test_records_without_labels_have_no_recall_to_count() -> None:
+    targets = np.array([[1, 0], [0, 1], [0, 0], [0, 0]], dtype=bool)  # Challenge records may carry no scored class
+    assert fmax(targets, targets.astype(float)) == 1.0
+    assert np.isnan(fmax(np.zeros((3, 2), dtype=bool), np.zeros((3, 2))))
+
+
+def test_a_refit_standardisation_must_be_the_checkpoints(tmp_path: Path) -> None:
+    saved = {"how": "global", "mean": [0.01], "sd": [0.2]}
+    same = SimpleNamespace(preprocess={"standardize": {"how": "global", "mean": [0.01 + 1e-9], "sd": [0.2]}})
+    commander.check_standardization({"preprocess": {"standardize": saved}}, same, tmp_path / "model_best.pth.tar")
+    commander.check_standardization({"preprocess": {}}, same, tmp_path / "old.pth.tar")  # before --standardize
+    moved = SimpleNamespace(preprocess={"standardize": {"how": "global", "mean": [0.02], "sd": [0.2]}})
+    with pytest.raises(ECGError, match="the training records changed"):
+        commander.check_standardization({"preprocess": {"standardize": saved}}, moved, tmp_path / "model_best.pth.tar")
 
 
 def test_fmax_is_a_test_metric_with_its_interval() -> None:
@@ -103,7 +121,7 @@ def test_the_benchmark_recipe_trains_tests_and_predicts_the_same(tmp_path: Path,
     import predict
 
     flags = ["--recipe", "ptbxl-benchmark", "--model-name", "cnn1d_3", "--epochs", "1", "--batch-size", "64",
-             "--root-dir", str(tmp_path)]
+             "--preprocess", "bandpass", "--root-dir", str(tmp_path)]
     args = parse_args(flags)
     assert (args.fs, args.seq_len, args.aggregate, args.standardize, args.scheduler) == (100, 2.5, "max", "global",
                                                                                          "OneCycleLR")
@@ -115,6 +133,7 @@ def test_the_benchmark_recipe_trains_tests_and_predicts_the_same(tmp_path: Path,
     prep = state["preprocess"]
     assert prep["window"] == 250 and prep["stride"] == 125 and prep["aggregate"] == "max"
     assert prep["standardize"]["how"] == "global" and len(prep["standardize"]["mean"]) == 1
+    assert prep["steps"] == ["bandpass"]  # predict.py filters, then standardises, then windows, as the cache did
     metrics = json.loads((run / "pred" / "test_best_metrics.json").read_text())
     assert 0 < metrics["fmax"] <= 1 and metrics["ci"]["fmax"][0] <= metrics["fmax"] <= metrics["ci"]["fmax"][1]
     pred = pd.read_csv(run / "pred" / "test_best_predictions.csv")

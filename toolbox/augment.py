@@ -51,7 +51,13 @@ def _mean_sd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _sd(x: torch.Tensor) -> torch.Tensor:
-    return _mean_sd(x)[1]
+    """Each example's unbiased sd (as ``torch.std``, by which ``noise`` and ``wander`` have always scaled), (n, 1, 1).
+
+    Two passes, as :func:`_mean_sd`."""
+    n = x.shape[1] * x.shape[2]
+    mean = x.mean(dim=(1, 2), keepdim=True)
+    norm = torch.linalg.vector_norm(x - mean, dim=(1, 2), keepdim=True)
+    return norm.mul_(1 / math.sqrt(max(n - 1, 1))).clamp_min_(1e-6)
 
 
 def _blend(t: torch.Tensor, keep: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:

@@ -64,9 +64,31 @@ class FocalLoss(nn.Module):
         return loss.mean()
 
 
+class CrossEntropy(nn.Module):
+    """Cross-entropy with optional class weights and label smoothing, on class indices or probability rows.
+
+    Indices go to PyTorch's loss. For probability rows (mixup, cutmix), PyTorch divides a weighted batch by its
+    size; here, as for indices, by the sum over examples of their weight (the row times the class weights), so a
+    one-hot row gives exactly what its index gives and a mixer does not change the loss's scale.
+    """
+
+    def __init__(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not target.dtype.is_floating_point:
+            return F.cross_entropy(logits, target, weight=self.weight, label_smoothing=self.label_smoothing)
+        logp = F.log_softmax(logits.float(), dim=1)
+        smoothed = target * (1 - self.label_smoothing) + self.label_smoothing / logits.shape[1]
+        if self.weight is None:
+            return -(smoothed * logp).sum(dim=1).mean()
+        return -(smoothed * logp * self.weight).sum() / (target @ self.weight).sum()
+
+
 CRITERIA: dict[str, Callable[..., nn.Module]] = {
-    "crossentropy": lambda weight, label_smoothing=0.0: nn.CrossEntropyLoss(weight=weight,
-                                                                           label_smoothing=label_smoothing),
+    "crossentropy": lambda weight, label_smoothing=0.0: CrossEntropy(weight=weight, label_smoothing=label_smoothing),
     "focal": lambda weight: FocalLoss(weight=weight),
     "bce": lambda weight: nn.BCEWithLogitsLoss(pos_weight=weight),  # multi-label; weight = per-class pos_weight
 }

@@ -264,19 +264,23 @@ def fmax(targets: np.ndarray, probs: np.ndarray, grid: np.ndarray = FMAX_GRID) -
     """The sample-centred maximum F1 over one threshold shared by all classes (CAFA's Fmax, the PTB-XL benchmark's).
 
     At threshold t, precision is the mean over the records with at least one score >= t of the share of their
-    positive outputs that are true, recall the mean over all records of the share of their labels found, and
+    positive outputs that are true, recall the mean over the records with a label of the share of their labels
+    found (a record without labels has no recall to count), and
     F(t) their harmonic mean; Fmax is the largest F(t). A summary of the scores' ranking like AUROC: it takes
     its threshold from the data it scores, so it is never a decision rule (those come from validation).
     """
     targets = np.asarray(targets, dtype=bool)
-    labels = np.maximum(targets.sum(axis=1), 1)
+    labels = targets.sum(axis=1)
+    labelled = labels > 0
+    if not labelled.any():
+        return float("nan")
     best = 0.0
     for t in grid:
         out = probs >= t
         made = out.sum(axis=1)
         hits = (out & targets).sum(axis=1)
         precision = (hits[made > 0] / made[made > 0]).mean() if (made > 0).any() else 0.0
-        recall = (hits / labels).mean()
+        recall = (hits[labelled] / labels[labelled]).mean()
         if precision + recall > 0:
             best = max(best, float(2 * precision * recall / (precision + recall)))
     return best
