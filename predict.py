@@ -265,7 +265,8 @@ def explainer(args: argparse.Namespace, state: dict, model: torch.nn.Module, dev
         return None
     signal = state["in_channels"] - state.get("feature_channels", 0)
     return explain.Explainer(model, args.explain_method or "ig", device, state["classes"], leads[:signal], fs,
-                             args.out / "explain", names=names, features=features or [])
+                             args.out / "explain", names=names, features=features or [],
+                             units=explain.trace_units(state.get("preprocess") or {}))
 
 
 def finish_explaining(args: argparse.Namespace, shown: explain.Explainer | None, name: str, kind: str) -> None:

@@ -238,3 +238,10 @@ def test_predict_explains_records_and_beats(ptbxl_run: Path, data_root: Path, tm
         assert e["lead"] == "MLII" and table.loc[e["beat"], "class"] == e["class"]
         assert e["file"] == f"208_beat{e['beat']}_{e['class']}.png"
         _is_picture(beats / "explain" / e["file"], min_bytes=10_000)
+
+
+def test_the_traces_say_what_they_are_in() -> None:
+    assert explain.trace_units({"units": "mV"}) == "mV"
+    scaled = explain.trace_units({"units": "mV", "standardize": {"how": "global", "mean": [0.01], "sd": [0.2]}})
+    assert scaled.startswith("mV, standardised") and "sd 0.2 " in scaled
+    assert explain.trace_units({}) == ""

@@ -257,6 +257,7 @@ class Explainer:
     folder: Path
     names: list[str] | None = None
     features: list[str] = field(default_factory=list)
+    units: str = ""  # what the traces are in, as the model sees them (preprocess: units, standardisation)
     entries: list[dict[str, Any]] = field(default_factory=list)
 
     def label(self, c: int) -> str:
@@ -297,7 +298,7 @@ class Explainer:
         saliency_png(signal[:k], sal[:k], display_leads(leads), self.folder / entry["file"], fs=self.fs,
                      start_s=float(details.get("window_start_s", 0.0)), title=f"{title}\n{explained}",
                      signed=SIGNED[self.method], label=f"attribution to {self.label(c)}"
-                     if SIGNED[self.method] else f"Grad-CAM of {self.label(c)}")
+                     if SIGNED[self.method] else f"Grad-CAM of {self.label(c)}", units=self.units)
         self.entries.append(entry)
         return entry
 
@@ -323,6 +324,15 @@ def _labels(row: np.ndarray, names: Sequence[str], multilabel: bool) -> str:
     return str(names[int(row)])
 
 
+def trace_units(preprocess: dict[str, Any]) -> str:
+    """What a record model's input is in: its cache's units, standardised when the run standardised."""
+    units = str(preprocess.get("units") or "")
+    scaler = preprocess.get("standardize")
+    if units and scaler:
+        return f"{units}, standardised (mean {scaler['mean'][0]:.3g}, sd {scaler['sd'][0]:.3g} fitted on training)"
+    return units
+
+
 def explain_test(folder: Path, tag: str, model: nn.Module, data: DataSplits, dataset: str, probs: np.ndarray,
                  targets: np.ndarray, device: torch.device, *, n: int, method: str, checkpoint: str,
                  thresholds: Sequence[float] | None = None) -> Path:
@@ -334,7 +344,8 @@ def explain_test(folder: Path, tag: str, model: nn.Module, data: DataSplits, dat
     leads, fs = lead_names(dataset, data)
     names = data.manifest.get("class_names") or data.classes
     explainer = Explainer(model, method, device, data.classes, leads, fs, folder, names=list(names),
-                          features=list(data.manifest.get("rr_features") or [])[: data.feature_channels])
+                          features=list(data.manifest.get("rr_features") or [])[: data.feature_channels],
+                          units=trace_units(data.preprocess))
     index = folder / f"{tag}_index.json"
     clear_previous(index)
     meta = test.meta

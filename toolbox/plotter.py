@@ -57,7 +57,7 @@ SALIENCY_SMOOTH_S = 0.04  # saliency is drawn as a moving average over this long
 
 
 def saliency_png(signal: np.ndarray, saliency: np.ndarray, leads: Sequence[str], path: Path, *, fs: float,
-                 title: str, signed: bool, label: str, start_s: float = 0.0) -> None:
+                 title: str, signed: bool, label: str, start_s: float = 0.0, units: str = "") -> None:
     """Save each lead's trace (``signal``: leads x samples at ``fs``) over its ``saliency`` as a colour band, one
     row per lead, labelled by name, on one colour scale for all leads: red raises the explained class, blue lowers
     it when ``signed``; otherwise darker means more. The scale ends at the 99.5th percentile of the smoothed
@@ -89,7 +89,7 @@ def saliency_png(signal: np.ndarray, saliency: np.ndarray, leads: Sequence[str],
         ax.set_ylabel(textwrap.fill(name, 10), rotation=0, ha="right", va="center", fontsize=10)
         ax.yaxis.set_major_locator(MaxNLocator(3))
         ax.tick_params(axis="y", labelsize=7)
-    axes[-1, 0].set_xlabel("time (s)")
+    axes[-1, 0].set_xlabel("time (s)" + (f"; traces in {units}" if units else ""))
     axes[0, 0].set_title("\n".join(lines), fontsize=9, loc="left")
     fig.colorbar(im, cax=fig.add_axes((0.915, 0.25, 0.012, 0.5)), label=label, format="%.2g")
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
