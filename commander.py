@@ -39,7 +39,7 @@ from args import (
 )
 from loaders import DatasetSpec, get_loader, raw_dir
 from loaders.cinc2020 import write_outputs
-from loaders.dataset import DataSplits, make_dataloader, with_record_options
+from loaders.dataset import DataSplits, check_standardization, make_dataloader, with_record_options
 from loaders.preprocess import Preprocess
 from models import constructor_args, get_model
 from toolbox import checkpoint, distributed, explain
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace, procs: Processes = ALONE) -> tuple[int, Path]:
         distributed.barrier()
     check_num_classes(args, data.classes)
     if state is not None:
-        check_standardization(state, data, path)
+        check_standardization(state.get("preprocess") or {}, data.preprocess, path)
     if args.verbose or not args.test:
         print(f"{args.dataset} ({data.manifest['database']}, {data.manifest['protocol']} split): "
               f"examples per class and split\n{data.counts_table()}")
@@ -169,21 +169,6 @@ def open_checkpoint(run_dir: Path, args: argparse.Namespace,
     if procs.main:
         checkpoint.repair(run_dir)  # copies of the last epoch that a kill left out, before the run goes on
     return state, path
-
-
-def check_standardization(state: dict[str, Any], data: DataSplits, path: Path) -> None:
-    """A resumed or tested run refits its standardisation on the same training records: it must be the one its
-    checkpoint holds (which predict.py applies), else the records changed since the run trained."""
-    saved, now = (state.get("preprocess") or {}).get("standardize"), data.preprocess.get("standardize")
-    if saved is None or now is None:
-        return
-    same = saved["how"] == now["how"] and all(
-        np.allclose(saved[k], now[k], rtol=1e-5, atol=1e-7) for k in ("mean", "sd"))
-    if not same:
-        raise ECGError(f"the standardisation fitted on the training records now (mean {now['mean'][0]:.6g}, sd "
-                       f"{now['sd'][0]:.6g}) is not the one {path.name} was trained with (mean {saved['mean'][0]:.6g}, "
-                       f"sd {saved['sd'][0]:.6g}): the training records changed; restore them or start a new run "
-                       f"with --version bump")
 
 
 def build_data(args: argparse.Namespace, spec: DatasetSpec, run_dir: Path | None) -> tuple[DataSplits, Path]:

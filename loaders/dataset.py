@@ -412,6 +412,21 @@ def fit_standardizer(data: RecordDataset, how: str, most: int = STANDARDIZE_MOST
     return Standardizer(how, tuple(float(m) for m in mean), tuple(float(max(v, 1e-6)) for v in sd))
 
 
+def check_standardization(saved: dict[str, Any], now: dict[str, Any], path: Path) -> None:
+    """A resumed or tested run refits its standardisation on the same training records: it must be the one its
+    checkpoint's ``preprocess`` holds (``saved``, which predict.py applies), else the records changed."""
+    saved, now = saved.get("standardize"), now.get("standardize")
+    if saved is None or now is None:
+        return
+    same = saved["how"] == now["how"] and all(
+        np.allclose(saved[k], now[k], rtol=1e-5, atol=1e-7) for k in ("mean", "sd"))
+    if not same:
+        raise ECGError(f"the standardisation fitted on the training records now (mean {now['mean'][0]:.6g}, sd "
+                       f"{now['sd'][0]:.6g}) is not the one {path.name} was trained with (mean {saved['mean'][0]:.6g}, "
+                       f"sd {saved['sd'][0]:.6g}): the training records changed; restore them or start a new run "
+                       f"with --version bump")
+
+
 def with_record_options(data: DataSplits, aggregate: str = "mean", standardize: str | None = None) -> DataSplits:
     """``data`` whose record datasets aggregate windows by ``aggregate`` and, with ``standardize``, standardise
     by statistics of the training split only; both go into ``preprocess`` (and so into checkpoints)."""

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -13,7 +12,7 @@ import torch
 import commander
 from args import RECIPES, parse_args, run_name
 from loaders import ptbxl
-from loaders.dataset import RecordDataset, Standardizer, fit_standardizer, with_record_options
+from loaders.dataset import RecordDataset, Standardizer, check_standardization, fit_standardizer, with_record_options
 from tests.conftest import one_line_error, run_cli
 from toolbox.metrics import bootstrap_multilabel, fmax, multilabel_metrics
 from toolbox.utils import ECGError
@@ -49,12 +48,12 @@ def test_records_without_labels_have_no_recall_to_count() -> None:
 
 def test_a_refit_standardisation_must_be_the_checkpoints(tmp_path: Path) -> None:
     saved = {"how": "global", "mean": [0.01], "sd": [0.2]}
-    same = SimpleNamespace(preprocess={"standardize": {"how": "global", "mean": [0.01 + 1e-9], "sd": [0.2]}})
-    commander.check_standardization({"preprocess": {"standardize": saved}}, same, tmp_path / "model_best.pth.tar")
-    commander.check_standardization({"preprocess": {}}, same, tmp_path / "old.pth.tar")  # before --standardize
-    moved = SimpleNamespace(preprocess={"standardize": {"how": "global", "mean": [0.02], "sd": [0.2]}})
+    same = {"standardize": {"how": "global", "mean": [0.01 + 1e-9], "sd": [0.2]}}
+    check_standardization({"standardize": saved}, same, tmp_path / "model_best.pth.tar")
+    check_standardization({}, same, tmp_path / "old.pth.tar")  # a checkpoint from before --standardize
+    moved = {"standardize": {"how": "global", "mean": [0.02], "sd": [0.2]}}
     with pytest.raises(ECGError, match="the training records changed"):
-        commander.check_standardization({"preprocess": {"standardize": saved}}, moved, tmp_path / "model_best.pth.tar")
+        check_standardization({"standardize": saved}, moved, tmp_path / "model_best.pth.tar")
 
 
 def test_fmax_is_a_test_metric_with_its_interval() -> None:
@@ -143,10 +142,11 @@ def test_the_benchmark_recipe_trains_tests_and_predicts_the_same(tmp_path: Path,
     out = tmp_path / "out"
     assert predict.main([*inputs, "--out", str(out), "--run", str(run)]) == 0
     got = pd.read_csv(out / "predictions.csv")
-    for k, code in enumerate(state["classes"]):
+    for code, threshold in zip(state["classes"], state["thresholds"], strict=True):
         column = [c for c in got.columns if c.startswith("p ") and c.endswith(f"({code})")]
         np.testing.assert_allclose(got[column[0]], some[f"p_{code}"], atol=1e-4, err_msg=code)
-        assert k < len(state["thresholds"])
+        label = column[0].replace("p ", "label ", 1)
+        assert got[label].tolist() == (got[column[0]] >= threshold).astype(int).tolist()  # validation thresholds
 
 
 def test_record_options_are_refused_for_beats(tmp_path: Path) -> None:
