@@ -42,6 +42,7 @@ from loaders.cinc2020 import write_outputs
 from loaders.dataset import DataSplits, check_standardization, make_dataloader, with_record_options
 from loaders.preprocess import Preprocess
 from models import constructor_args, get_model
+from tasks import anomaly as anomaly_task
 from toolbox import checkpoint, distributed, explain
 from toolbox.augment import Augmenter
 from toolbox.distributed import ALONE, Processes
@@ -62,6 +63,7 @@ from toolbox.plotter import confusion_matrix_png, multilabel_confusion_png
 from toolbox.samplers import get_sampler
 from toolbox.utils import (
     ECGError,
+    atomic_write,
     ensure_writable,
     environment_info,
     read_json,
@@ -117,6 +119,8 @@ def run(args: argparse.Namespace, procs: Processes = ALONE) -> tuple[int, Path]:
     if not procs.local_rank and procs.several:
         distributed.barrier()
     check_num_classes(args, data.classes)
+    if args.task == "anomaly":
+        return anomaly_run(args, spec, runs_dir, run_dir, state, path, data, raw, device, procs)
     if state is not None:
         check_standardization(state.get("preprocess") or {}, data.preprocess, path)
     if args.verbose or not args.test:
@@ -152,7 +156,7 @@ def open_checkpoint(run_dir: Path, args: argparse.Namespace,
     path = checkpoint.resolve(run_dir, args.resume)
     state = checkpoint.load(path)
     reconcile(args, state.get("args") or {}, state.get("overrides") or {}, f"{run_dir.name}/{path.name}")
-    if args.test:
+    if args.test or args.generate is not None:  # reads the checkpoint, trains nothing
         return state, path
     args.amp = args.override.get("amp", args.amp)
     if args.start_epoch is not None and args.start_epoch != state["epoch"]:
@@ -436,6 +440,182 @@ def save_epoch(run_dir: Path, logger: RunLogger, epoch: int, tr: dict[str, Any],
     logger.log_epoch(epoch, "val", {**{k: val[k] for k in VAL_LOGGED if k in val},
                                     "f1_per_class": {c: m["f1"] for c, m in val["per_class"].items()}})
     checkpoint.save(state, run_dir, is_best=is_best)
+
+
+# ---- --task anomaly: generative models of normal beats (tasks/anomaly.py) ----
+
+def anomaly_run(args: argparse.Namespace, spec: DatasetSpec, runs_dir: Path, run_dir: Path | None,
+                state: dict[str, Any] | None, path: Path | None, data: DataSplits, raw: Path, device: torch.device,
+                procs: Processes = ALONE) -> tuple[int, Path]:
+    """Train, resume, test or sample a generative run: training sees the normal beats only."""
+    if procs.several:
+        raise ECGError("--task anomaly runs in one process; start it with python commander.py")
+    normal = anomaly_task.normal_indices(data.classes, args.normal_classes)
+    data = anomaly_task.normal_only(data, args.normal_classes)
+    length = int(data.train.x.shape[2])
+    shape = constructor_args(args.model_name, data.in_channels, len(data.classes), 0, length)
+    model = get_model(args.model_name, data.in_channels, len(data.classes), 0, length).to(device)
+    if state is not None:
+        checkpoint.check_compatible(state, path, **shape)
+        checkpoint.load_weights(state, path, model)
+    if args.generate is not None:
+        return generate_run(args, spec, run_dir, path, state, model, data, normal, device), run_dir
+    if args.test:
+        return test_anomaly(args, run_dir, path, state, model, data, normal, device), run_dir
+    return train_anomaly(args, runs_dir, run_dir, state, path, shape, model, data, normal, device, raw)
+
+
+def test_anomaly(args: argparse.Namespace, run_dir: Path, path: Path, state: dict[str, Any], model: torch.nn.Module,
+                 data: DataSplits, normal: list[int], device: torch.device) -> int:
+    """Score the test split with the checkpoint's validation combination and threshold; write pred/."""
+    from toolbox.anomaly import ScoreCombiner
+
+    if state.get("combination") is None or state.get("threshold") is None:
+        raise ECGError(f"{path} holds no score combination fitted on validation (its validation split had no "
+                       f"abnormal beat, as in a --short-run); test a checkpoint of a full run")
+    combiner = ScoreCombiner.from_dict(state["combination"])
+    loader = make_dataloader(data.test, args.batch_size, workers=args.workers)
+    max_batches = SHORT_RUN_BATCHES if args.short_run else None
+    scores, labels = trainer.anomaly_scores(model, loader, device, desc="test", max_batches=max_batches)
+    tag = f"test_{args.resume}" + ("_short" if args.short_run else "")
+    groups = data.test.meta["record"][: len(labels)] if data.resample_records else None
+    metrics = anomaly_task.test_outputs(run_dir / "pred", tag, scores, labels, data, normal, combiner,
+                                        float(state["threshold"]), args.bootstrap,
+                                        f"{run_dir.name}\n{path.name}, epoch {state['epoch']}", groups)
+    ci = metrics.get("ci") or {}
+    shown = "  ".join(f"{k.upper() if k != 'f1' else 'F1'} {metrics[k]:.4f}"
+                      + (f" [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if ci.get(k) else "")
+                      for k in ("auroc", "auprc", "f1", "mcc"))
+    print(f"test ({path.name}, epoch {state['epoch']}, {len(labels)} beats, {metrics['abnormal_beats']} abnormal): "
+          f"{shown} at the validation threshold {metrics['threshold']:.4g}")
+    _print_ci_note(args, "records" if groups is not None else "beats")
+    print(anomaly_task.metrics_table(metrics))
+    print("each score alone: " + ", ".join(f"{k} AUROC {v['auroc']:.4f}" for k, v in metrics["per_score"].items()
+                                             if v["auroc"] is not None))
+    print(f"per-beat scores, metrics, ROC, PR and histograms: {run_dir / 'pred'}")
+    record_invocation(run_dir, args, "test", checkpoint=path.name, checkpoint_epoch=state["epoch"])
+    return 0
+
+
+def generate_run(args: argparse.Namespace, spec: DatasetSpec, run_dir: Path, path: Path, state: dict[str, Any],
+                 model: torch.nn.Module, data: DataSplits, normal: list[int], device: torch.device) -> int:
+    """--generate N: samples of the run's prior into generated/, MMD^2 to real normal test beats, and TSTR."""
+    from toolbox.anomaly import beat_grid_png, mmd2
+
+    if not getattr(model, "can_sample", False):
+        raise ECGError(f"{args.model_name} has no prior to sample from; --generate works with vae1d, vaegan and dcgan")
+    full, _ = build_data(args, spec, None)  # the same split again, with the abnormal training beats TSTR needs
+    if anomaly_task.normal_only(full, args.normal_classes).manifest["beats"] != data.manifest["beats"]:
+        raise ECGError(f"the split rebuilt from --split-seed {args.split_seed} differs from {run_dir}/splits.json "
+                       f"(records changed?); --generate needs the run's own split")
+    synthetic = anomaly_task.generate(model, args.generate, args.seed, device)
+    test_normal = data.test.x.numpy()[np.isin(data.test.labels.numpy(), normal)]
+    train_normal = data.train.x.numpy()
+    max_batches = SHORT_RUN_BATCHES if args.short_run else None
+    print(f"drew {len(synthetic)} beats from {path.name} (epoch {state['epoch']}); training the TSTR classifiers "
+          f"({anomaly_task.TSTR_MODEL}, {anomaly_task.TSTR_EPOCHS} epochs each)")
+    report = {"checkpoint": path.name, "epoch": state["epoch"], "samples": len(synthetic), "seed": args.seed,
+              "mmd2": {"synthetic_vs_test_normal": mmd2(synthetic, test_normal, seed=args.seed),
+                       "train_normal_vs_test_normal": mmd2(train_normal, test_normal, seed=args.seed)},
+              "tstr": anomaly_task.tstr(synthetic, full.train, data.test, normal, args.seed, device,
+                                        max_batches=max_batches)}
+    out = run_dir / "generated"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "samples.npz", lambda tmp: _write_npz(tmp, x=synthetic))
+    write_json(out / "generation.json", report)
+    fs = 360.0 if data.train.x.shape[2] == 320 else 125.0
+    beat_grid_png(synthetic[:16], out / "samples.png", f"{run_dir.name}: {len(synthetic)} generated beats", fs)
+    beat_grid_png(test_normal[:16], out / "real_normal_test_beats.png", "real normal test beats", fs)
+    t = report["tstr"]
+    print(f"MMD^2 to real normal test beats: generated {report['mmd2']['synthetic_vs_test_normal']:.5f}, real "
+          f"training beats {report['mmd2']['train_normal_vs_test_normal']:.5f}\n"
+          f"train on synthetic, test on real: macro-F1 {t['synthetic']['macro_f1']:.4f}; on real beats "
+          f"{t['real']['macro_f1']:.4f} (gap {t['macro_f1_gap']:+.4f})\nsamples, grid and report: {out}")
+    record_invocation(run_dir, args, "generate", checkpoint=path.name, samples=len(synthetic))
+    return 0
+
+
+def _write_npz(path: Path, **arrays: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would add .npz to the temporary file's name
+        np.savez_compressed(f, **arrays)
+
+
+def train_anomaly(args: argparse.Namespace, runs_dir: Path, run_dir: Path | None, state: dict[str, Any] | None,
+                  path: Path | None, shape: dict[str, Any], model: torch.nn.Module, data: DataSplits,
+                  normal: list[int], device: torch.device, raw: Path) -> tuple[int, Path]:
+    """Train a generative model on normal beats; every epoch fit the score combination and threshold on
+    validation and keep the epoch of the best cross-validated validation AUROC."""
+    max_batches = SHORT_RUN_BATCHES if args.short_run else None
+    generator = torch.Generator().manual_seed(args.seed)
+    train_loader = make_dataloader(data.train, args.batch_size, shuffle=True, workers=args.workers,
+                                   generator=generator)
+    val_loader = make_dataloader(data.val, args.batch_size, workers=args.workers)
+    optimizers = model.make_optimizers(args.lr, args.weight_decay)
+    start_epoch, best_score, best_epoch = 0, -math.inf, 0
+    if state is not None:
+        checkpoint.restore_optimizers(state, path, optimizers, generator)
+        start_epoch = state["epoch"]
+        best_score, best_epoch = state.get("best_score", -math.inf), state.get("best_epoch", 0)
+    if run_dir is None:
+        run_dir = claim_run(runs_dir, run_name(args))
+    ensure_writable(run_dir, "the run folder")
+    remove_temporaries(run_dir)
+    record_invocation(run_dir, args, "resume" if state is not None else "train", world_size=1, first={
+        "run": run_dir.name, "command": sys.argv, "flags": flags(args),
+        "dataset": {"classes": data.classes, "in_channels": data.in_channels, "raw_dir": str(raw.resolve()),
+                    "normal_classes": [data.classes[k] for k in normal]},
+        "model": {**shape, "parameters": sum(p.numel() for p in model.parameters())}})
+    if not (run_dir / "splits.json").exists():
+        write_json(run_dir / "splits.json", data.manifest)
+    logger = RunLogger(run_dir, args.tensorboard, start_epoch)
+    version = run_dir.name.rsplit("_", 1)[1]
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"run {run_dir}: {args.model_name} ({parameters:,} parameters) on {device}, {len(data.train)} normal "
+          f"training beats ({', '.join(data.classes[k] for k in normal)}), {len(data.val)} validation beats, epochs "
+          f"{start_epoch + 1}-{args.epochs}")
+    try:
+        for epoch in range(start_epoch + 1, args.epochs + 1):
+            tr = trainer.train_generative(model, train_loader, optimizers, device, epoch, max_batches=max_batches)
+            t0 = time.perf_counter()
+            scores, labels = trainer.anomaly_scores(model, val_loader, device, desc="val", max_batches=max_batches)
+            val, combiner, threshold = anomaly_task.fit_validation(scores, labels, normal, seed=args.seed)
+            val["seconds"] = time.perf_counter() - t0
+            score = val["auroc"] if math.isfinite(val["auroc"]) else -math.inf
+            is_best = score > best_score or best_epoch == 0
+            if is_best:
+                best_score, best_epoch = score, epoch
+            if combiner is not None:
+                table = anomaly_task.scores_table(scores, combiner.combine(scores), labels, data.classes, normal,
+                                                  data.val.meta, threshold)
+                atomic_write(run_dir / "res" / f"val_epoch{epoch:03d}_scores.csv",
+                             lambda tmp, table=table: table.to_csv(tmp, index=False))
+            logger.log_epoch(epoch, "train", tr)
+            logger.log_epoch(epoch, "val", val)
+            checkpoint.save({"epoch": epoch, **shape, "classes": data.classes, "model": model.state_dict(),
+                             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                             "best_score": best_score, "best_epoch": best_epoch, "selection": anomaly_task.SELECTION,
+                             "combination": combiner.to_dict() if combiner is not None else None,
+                             "threshold": threshold, "normal_classes": [data.classes[k] for k in normal],
+                             "preprocess": data.preprocess, "args": flags(args), "overrides": {},
+                             "rng": checkpoint.rng_state(generator), "world_size": 1}, run_dir, is_best=is_best)
+            parts = " ".join(f"{k} {v:.4f}" for k, v in tr.items() if k not in ("lr", "seconds"))
+            singles = " ".join(f"{k[6:]} {v:.3f}" for k, v in val.items() if k.startswith("auroc_") and
+                               k != "auroc_combined_in_sample" and v is not None)
+            print(f"epoch {epoch:>3}/{args.epochs}  train {parts} | val AUROC {val['auroc']:.4f} (cross-validated "
+                  f"combination; {singles}) F1 {val['f1']:.4f} | {tr['seconds'] + val['seconds']:.1f} s"
+                  f"{'  *best' if is_best else ''}", flush=True)
+    except KeyboardInterrupt:
+        again = ["--resume", "latest"] if (run_dir / checkpoint.LAST).exists() else []
+        resume = naming_flags(args) + ["--epochs", str(args.epochs), *again, "--version", version]
+        print(f"commander.py: interrupted; checkpoints of complete epochs are kept; continue with: "
+              f"python commander.py {' '.join(resume)}", file=sys.stderr)
+        return 130, run_dir
+    finally:
+        logger.close()
+    hint = naming_flags(args) + ["--test", "--resume", "best", "--version", version]
+    print(f"best validation AUROC {best_score:.4f} at epoch {best_epoch}; evaluate it on the test split with:\n"
+          f"  python commander.py {' '.join(hint)}")
+    return 0, run_dir
 
 
 if __name__ == "__main__":

@@ -208,3 +208,43 @@ def test(model: nn.Module, loader: DataLoader, criterion: nn.Module, device: tor
     if task is not None and thresholds is None:
         raise ValueError("multi-label testing needs the thresholds chosen on the validation split")
     return _evaluate(model, loader, criterion, device, classes, "test", amp, max_batches, progress, task, thresholds)
+
+
+# ---- generative models (--task anomaly): the model's own train_step and scores ----
+
+def train_generative(model: nn.Module, loader: DataLoader, optimizers: dict[str, torch.optim.Optimizer],
+                     device: torch.device, epoch: int, *, max_batches: int | None = None,
+                     progress: bool = True) -> dict[str, float]:
+    """Train a generative model one epoch through its ``train_step`` (its losses, its optimisers); returns the
+    example-weighted mean of every loss part it reports ("loss" first), the learning rate and seconds."""
+    model.train()
+    start = time.perf_counter()
+    lr = next(iter(optimizers.values())).param_groups[0]["lr"]
+    sums: dict[str, float] = {}
+    n = 0
+    for i, (x, _y) in _batches(loader, max_batches, f"train {epoch}", progress):
+        parts = model.train_step(x.to(device, non_blocking=True), optimizers)
+        if not math.isfinite(parts["loss"]):
+            raise ECGError(f"the training loss became {parts['loss']} at epoch {epoch}, batch {i + 1}; "
+                           f"lower --lr (saved checkpoints are unchanged)")
+        for key, value in parts.items():
+            sums[key] = sums.get(key, 0.0) + value * len(x)
+        n += len(x)
+    return {**{k: v / max(n, 1) for k, v in sums.items()}, "lr": lr, "seconds": time.perf_counter() - start}
+
+
+def anomaly_scores(model: nn.Module, loader: DataLoader, device: torch.device, *, desc: str = "score",
+                   max_batches: int | None = None, progress: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every anomaly score of the model (higher = more abnormal) per example, and the examples' labels."""
+    model.eval()
+    done: list[tuple[dict[str, torch.Tensor], torch.Tensor]] = []
+    for _, (x, y) in _batches(loader, max_batches, desc, progress, shard=True):
+        with torch.no_grad():
+            scores = model.scores(x.to(device, non_blocking=True))
+        done.append(({k: v.float().cpu() for k, v in scores.items()}, y.cpu()))
+    done = gather_batches(done)
+    if not done:
+        return {}, np.zeros(0, np.int64)
+    names = list(done[0][0])
+    return ({k: torch.cat([d[0][k] for d in done]).numpy() for k in names},
+            torch.cat([d[1] for d in done]).numpy())

@@ -1,14 +1,15 @@
-"""Every architecture: output shape, any lead/class count, one optimisation step."""
+"""Every classifier architecture: output shape, any lead/class count, one optimisation step (generative models:
+tests/test_generative_models.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from models import MODELS, constructor_args, from_checkpoint, get_model
+from models import CLASSIFIERS, constructor_args, from_checkpoint, get_model
 from toolbox.utils import ECGError
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list(CLASSIFIERS))
 @pytest.mark.parametrize("leads,classes,length", [(1, 5, 187), (12, 27, 1000), (2, 2, 187)])
 def test_forward_shape(name: str, leads: int, classes: int, length: int) -> None:
     torch.manual_seed(0)
@@ -18,7 +19,7 @@ def test_forward_shape(name: str, leads: int, classes: int, length: int) -> None
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list(CLASSIFIERS))
 def test_one_optimisation_step_changes_weights_and_lowers_loss(name: str) -> None:
     torch.manual_seed(0)
     model = get_model(name, 1, 5)
@@ -36,7 +37,7 @@ def test_one_optimisation_step_changes_weights_and_lowers_loss(name: str) -> Non
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list(CLASSIFIERS))
 def test_models_return_logits_not_probabilities(name: str) -> None:
     torch.manual_seed(0)
     out = get_model(name, 1, 5).eval()(torch.randn(8, 1, 187) * 5)
@@ -56,7 +57,7 @@ def test_a_checkpoint_rebuilds_its_model_without_flags() -> None:
 
 
 def test_names_build_distinct_architectures() -> None:
-    sizes = {name: sum(p.numel() for p in get_model(name, 1, 5).parameters()) for name in MODELS}
+    sizes = {name: sum(p.numel() for p in get_model(name, 1, 5).parameters()) for name in CLASSIFIERS}
     assert sizes["resnet1d_18"] > sizes["resnet1d_10"] > sizes["resnet1d_10_small"]
     assert sizes["resnet1d_10_small"] < 100_000 and sizes["cnn1d_3"] < 100_000  # the small-model benchmark class
     assert sizes["lstm_3"] > sizes["lstm_2"] > sizes["lstm_1"]

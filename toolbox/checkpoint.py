@@ -169,3 +169,18 @@ def restore_training(state: dict[str, Any], path: Path, optimizer: torch.optim.O
     except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ECGError(f"{path} holds no complete training state ({_first_line(exc)}); resume from another "
                        f"checkpoint (--resume best|N) or load its weights with --pretrained") from None
+
+
+def restore_optimizers(state: dict[str, Any], path: Path, optimizers: dict[str, torch.optim.Optimizer],
+                       generator: torch.Generator) -> None:
+    """Restore a generative run's optimisers (one per part) and random states from a full checkpoint."""
+    try:
+        saved = state["optimizers"]
+        if set(saved) != set(optimizers):
+            raise KeyError(f"optimisers {sorted(saved)}, not {sorted(optimizers)}")
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(saved[name])
+        set_rng_state(state["rng"], generator)
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ECGError(f"{path} holds no complete training state of a generative run ({_first_line(exc)}); resume "
+                       f"from another checkpoint (--resume best|N)") from None
