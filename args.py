@@ -13,8 +13,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from loaders import BANDPASS, BEAT_FORMAT_NAMES, DATASETS, LEAD_SETS, PREPROCESS_STEPS, PTBXL_LABEL_SETS, preprocess_tag
-from models import MODELS
+from loaders import (
+    BANDPASS,
+    BEAT_FORMAT_FS,
+    BEAT_FORMAT_NAMES,
+    DATASETS,
+    LEAD_SETS,
+    PREPROCESS_STEPS,
+    PTBXL_LABEL_SETS,
+    preprocess_tag,
+)
+from models import CLASSIFIERS, GENERATIVE, MODELS
 from toolbox.utils import ECGError
 
 # The names the selector flags accept. The selectors (toolbox.optimizers, toolbox.losses, toolbox.augment,
@@ -30,6 +39,15 @@ RECORD_AUGMENTATIONS = {"cutmix": "a beat is one heartbeat whose class lies in i
                                   "samples; use mixup",
                         "leadwander": "a beat has one lead (and its median beat is drawn from it); use wander"}
 THRESHOLD_OBJECTIVES = ("f1", "challenge")
+TASKS = ("classify", "anomaly")  # what a run learns (tasks/: anomaly.py; classification is commander + trainer)
+# flags --config does not replay: they say what to do with a run, not what the run is
+RUN_CONTROL = ("config", "recipe", "version", "resume", "test", "override", "allow_world_size_change", "start_epoch",
+               "explain", "explain_method", "generate", "bootstrap")
+# flags that only a classifier reads (refused with --task anomaly), and only the anomaly task reads
+CLASSIFY_ONLY = ("criterion", "class_balance", "sampler", "threshold_metric", "label_smoothing", "augment",
+                 "rr_features", "median_beat", "explain", "optimizer", "momentum", "scheduler", "step", "lr_decay",
+                 "pretrained")
+ANOMALY_ONLY = ("normal_classes", "generate")
 EXPLAIN_METHODS = ("ig", "gradcam")  # toolbox.explain.METHODS: integrated gradients, Grad-CAM
 AGGREGATES = ("mean", "max")  # record score from its windows (loaders.dataset.RecordDataset.aggregate)
 STANDARDIZE = ("global", "lead")  # loaders.dataset.fit_standardizer
@@ -42,8 +60,7 @@ OVERRIDABLE = {"lr": "lr", "weight-decay": "weight_decay", "momentum": "momentum
 # Flags outside the run name that change what is trained: on --resume they are taken from the checkpoint,
 # and one given on the command line must agree with it (on --test: the seed only).
 RECORDED = ("seed", "short_run", "amp")
-DS1_RECORDS = 22  # de Chazal's DS1, the records --folds deals out (loaders.mitdb.DS1)
-BEAT_FS = 125  # Hz: the rate MIT-BIH beats are cut and filtered at (loaders.mitdb.BeatParams.fs)
+DS1_RECORDS = 22  # de Chazal's DS1, the records --folds deals out on --split inter (loaders.mitdb.DS1)
 MIN_WINDOW = 16  # samples in a record window (--fs x --seq-len); every model accepts this many
 # --recipe NAME: a published configuration as one flag. It expands to these flags, written before the
 # command line's own (which win where they repeat one); config.json records the name and every flag.
@@ -158,9 +175,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--split-seed", default=0, type=SEED,
                    help="seed of the train/val/test split and of --folds (fixed so runs share one test set)")
     g.add_argument("--folds", default=None, type=number(int, low=2, what="2 or more"), metavar="K",
-                   help="ecg, ecg_bin with --split inter: cross-validation inside DS1 in K folds of whole records "
-                        "(each holding S and V beats); with --fold I the run tests on fold I and trains on the "
-                        "other folds (validation records drawn from them); DS2 is not used")
+                   help="ecg, ecg_bin: cross-validation in K folds; with --fold I the run tests on fold I and trains "
+                        "on the other folds. --split inter: K folds of whole DS1 records (each holding S and V "
+                        "beats; at most 22), validation records drawn from the training folds, DS2 not used; "
+                        "--split intra: K stratified folds of all beats (seeded), validation a stratified 10%% of "
+                        "the training folds' beats")
     g.add_argument("--fold", default=None, type=POSITIVE_INT, metavar="I", help="which fold of --folds to test on")
     g.add_argument("--data-url", default=None, type=url,
                    help="mirror to download missing raw data from: a base URL holding the MIT-BIH files "
@@ -194,9 +213,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--beat-format", default="kaggle", choices=list(BEAT_FORMAT_NAMES),
                    help="ecg, ecg_bin from the raw records: kaggle (a beat starts at its R peak and ends after 1.2 x "
                         "the median RR, min-max scaled per 10-s window: the Kaggle CSVs), centered (starts 0.5 s "
-                        "before the R peak: P wave and QRS onset included; same scaling) or filtered (centered, "
-                        "baseline wander removed and each record divided by its median beat amplitude); 187 "
-                        "samples at 125 Hz")
+                        "before the R peak: P wave and QRS onset included; same scaling), filtered (centered, "
+                        "baseline wander removed and each record divided by its median beat amplitude): 187 "
+                        "samples at 125 Hz; or beatgan (BeatGAN's beats: 320 samples at 360 Hz from 140 before the "
+                        "R peak, both leads, MLII first, each beat scaled to [-1, 1] by its min and max over both "
+                        "leads; not with --median-beat or a --preprocess normalisation)")
     g.add_argument("--median-beat", action="store_true",
                    help="ecg, ecg_bin from the raw records: give the network, beside each beat, the median of its "
                         "record's beats that do not come early (RR prematurity >= 0.9; what this patient's beats "
@@ -207,11 +228,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "then 600 ms), then zscore (mean 0, sd 1) or minmax ([0, 1]) per record and lead; record "
                         "datasets: at --fs (resampling comes first), stored in the cache's name and every "
                         "checkpoint, so predict.py and driver.py apply the same; ecg, ecg_bin from the raw records: "
-                        "bandpass and baseline on each record at 125 Hz before beats are cut, zscore or minmax per "
-                        f"beat; choose from {', '.join(PREPROCESS_STEPS)}")
+                        "bandpass and baseline on each record at the beat rate before beats are cut, zscore or "
+                        f"minmax per beat; choose from {', '.join(PREPROCESS_STEPS)}")
     g.add_argument("--bandpass", default=list(BANDPASS), nargs=2, type=POSITIVE, metavar="HZ",
                    help="--preprocess bandpass: its low and high edges in Hz (order 4, run forwards and backwards); "
-                        "the high edge must lie below half the rate (--fs; 125 Hz for beats)")
+                        "the high edge must lie below half the rate (--fs; for beats 125 Hz, beatgan 360 Hz)")
     g.add_argument("--augment", default=[], nargs="+", choices=list(AUGMENTATIONS), metavar="KIND",
                    help="augment training batches (never validation or test), in this order: cutmix (paste up to "
                         "half the window of another record into each, targets blended by the share of samples), "
@@ -230,6 +251,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--pretrained", default=None, type=Path, metavar="PATH",
                    help="initialise the model with the weights of this checkpoint (fine-tuning; nothing else); "
                         "the run's name ends in _ft, and --resume or --test of it take the same flag")
+
+    g = p.add_argument_group("task")
+    g.add_argument("--task", default="classify", choices=list(TASKS),
+                   help="classify: a classifier learns the labels; anomaly: a generative model "
+                        f"({', '.join(GENERATIVE)}) learns the normal beats of a beat dataset (training sees them "
+                        "only) and scores how abnormal each beat is (docs/anomaly.md)")
+    g.add_argument("--normal-classes", default=None, nargs="+", metavar="CLASS",
+                   help="--task anomaly: the classes counted normal (default: the first class, N for ecg and "
+                        "ecg_bin, normal for ptb)")
+    g.add_argument("--generate", default=None, type=POSITIVE_INT, metavar="N",
+                   help="with --resume: draw N beats from a trained generative run (vae1d, vaegan, dcgan) into "
+                        "generated/, with a PNG grid, MMD^2 against real normal test beats and train-on-synthetic/"
+                        "test-on-real scores")
+    g.add_argument("--config", default=None, type=Path, metavar="RUN_DIR/config.json",
+                   help="run the experiment a run's config.json records again, into a new version; flags given "
+                        "beside it win")
 
     g = p.add_argument_group("run")
     g.add_argument("--recipe", default=None, choices=list(RECIPES),
@@ -330,12 +367,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = get_args_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if args.config is not None:  # the saved run's flags first, so that the command line's own win
+        if args.resume or args.test or args.recipe:
+            parser.error("--config starts a new run of a saved experiment; leave out --resume, --test and --recipe")
+        argv = [*config_flags(parser, args.config), *argv]
+        args = parser.parse_args(argv)
     if args.recipe is not None:  # its flags first, so that the command line's own win
         argv = [*RECIPES[args.recipe], *argv]
         args = parser.parse_args(argv)
     args.given = given_flags(parser, argv)
     given = set(args.given)
     spec = DATASETS[args.dataset]
+    _check_task(parser, args, given)
     if args.sampler and args.class_balance:
         parser.error("--sampler and --class-balance both rebalance classes; use one of them")
     args.augment = sorted(set(args.augment), key=list(AUGMENTATIONS).index)
@@ -356,6 +399,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                      ("--median-beat", args.median_beat), ("--folds", args.folds is not None)):
         if on and spec.db != "mitdb":
             parser.error(f"{flag} applies to the MIT-BIH beats (ecg, ecg_bin), not to {args.dataset}")
+    if args.median_beat and args.beat_format == "beatgan":
+        parser.error("--median-beat: --beat-format beatgan beats have 2 leads of their own; leave --median-beat out")
     if args.split is None:
         args.split = spec.splits[0]
     elif args.split not in spec.splits:
@@ -406,6 +451,72 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def config_flags(parser: argparse.ArgumentParser, path: Path) -> list[str]:
+    """The command-line flags that repeat the experiment of a run's config.json (its ``flags``): every flag not
+    at its default, except those that only say what to do with a run (``RUN_CONTROL``)."""
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        flags = json.loads(path.read_text())["flags"]
+        if not isinstance(flags, dict):
+            raise TypeError("flags is not a mapping")
+    except OSError as exc:
+        parser.error(f"--config {path}: cannot read it ({exc.strerror or exc}); give a run folder's config.json")
+    except (ValueError, KeyError, TypeError) as exc:
+        parser.error(f"--config {path}: not a pytorch-ecg config.json ({type(exc).__name__}: {exc})")
+    defaults = vars(_defaults())
+    skip = RUN_CONTROL + (CLASSIFY_ONLY if flags.get("task") == "anomaly" else ())  # set by the task, not given
+    argv: list[str] = []
+    for action in parser._actions:
+        dest = action.dest
+        if not action.option_strings or dest in skip or dest not in flags or dest not in defaults:
+            continue
+        value, default = flags[dest], defaults[dest]
+        if value == (str(default) if isinstance(default, Path) else default):
+            continue
+        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
+        if isinstance(action, argparse.BooleanOptionalAction):
+            argv.append(flag if value else f"--no-{flag[2:]}")
+        elif isinstance(action, argparse._StoreTrueAction):
+            argv += [flag] if value else []
+        elif isinstance(value, list):
+            argv += [flag, *map(str, value)] if value else []
+        elif value is not None:
+            argv += [flag, f"{value!r}" if isinstance(value, float) else str(value)]
+    return argv
+
+
+def _check_task(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set[str]) -> None:
+    """A generative model goes with --task anomaly and a beat dataset; flags the task would not read are refused."""
+    spec = DATASETS[args.dataset]
+    generative = args.model_name in GENERATIVE
+    if args.task == "anomaly":
+        if spec.multilabel:
+            beats = ", ".join(n for n, d in DATASETS.items() if not d.multilabel)
+            parser.error(f"--task anomaly scores beats ({beats}), not the records of {args.dataset}")
+        if not generative:
+            parser.error(f"--task anomaly trains a generative model ({', '.join(GENERATIVE)}); {args.model_name} is "
+                         f"a classifier")
+        wrong = [name for name in CLASSIFY_ONLY if name in given]
+        if wrong:
+            parser.error(f"--{wrong[0].replace('_', '-')} is a classification flag; --task anomaly does not read it "
+                         f"(generative models train with their own Adam optimisers at --lr)")
+        args.optimizer, args.scheduler, args.criterion = "adam", "none", "none"
+        if "lr" not in given:
+            args.lr = GENERATIVE[args.model_name]
+        if args.generate is not None and not args.resume:
+            parser.error("--generate draws from a trained run: add --resume best (or latest, or N)")
+        if args.generate is not None and args.test:
+            parser.error("--generate and --test are two steps: run them one after the other")
+        return
+    if generative:
+        parser.error(f"{args.model_name} is a generative model: it learns normal beats with --task anomaly; for "
+                     f"classification choose one of {', '.join(CLASSIFIERS[:4])}, ...")
+    wrong = [name for name in ANOMALY_ONLY if name in given]
+    if wrong:
+        parser.error(f"--{wrong[0].replace('_', '-')} is for --task anomaly")
+
+
 def default_threshold_metric(dataset: str) -> str:
     return "challenge" if DATASETS[dataset].lead_sets else "f1"
 
@@ -414,11 +525,9 @@ def _check_folds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     if (args.folds is None) != (args.fold is None):
         parser.error("--folds K and --fold I go together (test on fold I of K)")
     if args.folds is not None:
-        if args.split != "inter":
-            parser.error("--folds splits the DS1 records of --split inter; add --split inter")
         if args.fold > args.folds:
             parser.error(f"--fold {args.fold} is not one of the {args.folds} folds (1-{args.folds})")
-        if args.folds > DS1_RECORDS:
+        if args.split == "inter" and args.folds > DS1_RECORDS:
             parser.error(f"--folds {args.folds}: DS1 has {DS1_RECORDS} records; use 2 to {DS1_RECORDS} folds")
 
 
@@ -438,11 +547,15 @@ def _check_preprocess(parser: argparse.ArgumentParser, args: argparse.Namespace,
         parser.error("--preprocess zscore and minmax both normalise; choose one of them")
     if "baseline" in args.preprocess and args.beat_format == "filtered":
         parser.error("--preprocess baseline: --beat-format filtered removes the baseline already; leave baseline out")
-    fs = args.fs if spec.multilabel else BEAT_FS
+    normaliser = next((s for s in args.preprocess if s in ("zscore", "minmax")), None)
+    if normaliser and args.beat_format == "beatgan" and not spec.multilabel:
+        parser.error(f"--preprocess {normaliser}: --beat-format beatgan scales each beat to [-1, 1] already; leave "
+                     f"{normaliser} out")
+    fs = args.fs if spec.multilabel else BEAT_FORMAT_FS[args.beat_format]
     low, high = args.bandpass
     if "bandpass" in args.preprocess and not low < high < fs / 2:
         parser.error(f"--bandpass {low:g} {high:g}: the low edge must lie below the high one, and the high one below "
-                     f"{fs / 2:g} Hz (half the rate of {f'--fs {fs}' if spec.multilabel else 'the beats, 125 Hz'})")
+                     f"{fs / 2:g} Hz (half the rate of {f'--fs {fs}' if spec.multilabel else f'the beats, {fs} Hz'})")
 
 
 def _check_optimisation(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set[str]) -> None:
@@ -507,6 +620,8 @@ def name_parts(args: argparse.Namespace) -> list[str]:
         parts.append(f"cv{args.fold}of{args.folds}")
     if args.split_seed != d.split_seed:
         parts.append(f"ss{args.split_seed}")
+    if args.task == "anomaly":
+        return parts + _anomaly_parts(args, d)
     parts += [args.optimizer, f"lr{args.lr:g}"]
     if args.optimizer == "sgd" and args.momentum != d.momentum:
         parts.append(f"mom{args.momentum:g}")
@@ -551,13 +666,28 @@ def name_parts(args: argparse.Namespace) -> list[str]:
     return parts
 
 
+def _anomaly_parts(args: argparse.Namespace, d: argparse.Namespace) -> list[str]:
+    """The run-name parts of a generative run after model, split and folds (its optimisers are the model's)."""
+    parts = ["anomaly", f"lr{args.lr:g}"]
+    if args.weight_decay != d.weight_decay:
+        parts.append(f"wd{args.weight_decay:g}")
+    parts.append(f"bs{args.batch_size}")
+    if args.normal_classes:
+        parts.append("normal-" + "+".join(args.normal_classes))
+    if args.beat_format != d.beat_format:
+        parts.append(f"beats-{args.beat_format}")
+    if args.preprocess:
+        parts.append(f"pre-{preprocess_tag(args.preprocess, args.bandpass)}")
+    return parts
+
+
 def run_name(args: argparse.Namespace) -> str:
     """Run name from the flags that change what is trained (see :func:`name_parts`)."""
     return "_".join(name_parts(args))
 
 
 # flags a user repeats to find a run again (--root-dir and the flags of name_parts)
-NAMING = ("root_dir", "model_name", "split", "folds", "fold", "split_seed", "fs", "seq_len", "standardize",
+NAMING = ("root_dir", "task", "model_name", "split", "folds", "fold", "split_seed", "fs", "seq_len", "standardize",
           "aggregate", "leads", "labels",
           "optimizer", "lr", "momentum", "weight_decay", "batch_size", "scheduler", "step", "lr_decay", "criterion",
           "class_balance", "sampler", "threshold_metric", "label_smoothing", "beat_format", "pretrained")
@@ -573,12 +703,16 @@ def naming_flags(args: argparse.Namespace) -> list[str]:
         flags += ["--dataset", args.dataset]
     for name in NAMING:
         value = getattr(args, name)
+        if args.task == "anomaly" and name in CLASSIFY_ONLY:  # set by the task
+            continue
         if value is not None and value != getattr(defaults, name):
             flags += [f"--{name.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
     flags += [f"--{name.replace('_', '-')}" for name in SWITCHES if getattr(args, name) and
               not getattr(defaults, name)]
     if args.augment and args.augment != defaults.augment:
         flags += ["--augment", *args.augment]
+    if args.normal_classes:
+        flags += ["--normal-classes", *args.normal_classes]
     if args.preprocess and args.preprocess != defaults.preprocess:
         flags += ["--preprocess", *args.preprocess]
         if "bandpass" in args.preprocess and args.bandpass != defaults.bandpass:

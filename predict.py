@@ -127,6 +127,19 @@ def check_outputs(out: Path, files: list[str], overwrite: bool) -> None:
     ensure_writable(out, "--out")
 
 
+def beat_leads(rec: recording.Recording, lead: int, leads: int) -> np.ndarray:
+    """What beats are cut from: lead ``lead`` (samples,), or for a format of several ``leads`` (beatgan) that lead
+    and the recording's next ones of the same rate and length, (samples, leads)."""
+    if leads == 1:
+        return rec.signals[lead]
+    same = [i for i in range(len(rec.leads)) if i != lead and rec.fs[i] == rec.fs[lead]
+            and len(rec.signals[i]) == len(rec.signals[lead]) and np.isfinite(rec.signals[i]).all()]
+    if len(same) < leads - 1:
+        raise ECGError(f"{rec.path}: the model's beats have {leads} leads, but beside {rec.leads[lead]} it holds "
+                       f"{len(same)} complete lead(s) of the same rate; give a recording of {leads} leads")
+    return np.stack([rec.signals[i] for i in [lead, *same[:leads - 1]]], axis=1)
+
+
 def annotate(rec: recording.Recording, state: dict, model: torch.nn.Module, device: torch.device,
              args: argparse.Namespace) -> dict:
     """Detect, cut and classify the beats of one recording: samples (at the lead's rate), labels, probabilities."""
@@ -149,7 +162,8 @@ def annotate(rec: recording.Recording, state: dict, model: torch.nn.Module, devi
         raise ECGError(f"{rec.path}: {args.detector} found no beats in lead {rec.leads[lead]}; check the lead "
                        f"(--lead) and --fs")
     steps = Preprocess.from_dict({"steps": flags.get("preprocess"), "bandpass": flags.get("bandpass")})
-    x = mitdb.beats_at(signal, fs, peaks, beat_format=beat_format, median_beat=bool(flags.get("median_beat")),
+    x = mitdb.beats_at(beat_leads(rec, lead, mitdb.BEAT_FORMATS[beat_format].leads), fs, peaks,
+                       beat_format=beat_format, median_beat=bool(flags.get("median_beat")),
                        rr_features=bool(flags.get("rr_features")), preprocess=steps)
     classes = state["classes"]
     data = ECGDataset(x, np.zeros(len(x), np.int64), classes)
@@ -179,7 +193,8 @@ def run_beats(args: argparse.Namespace, paths: list[Path], state: dict, model: t
     flags = state.get("args") or {}
     counts, rows = {}, {}
     beat = mitdb.BEAT_FORMATS[flags.get("beat_format") or "kaggle"]
-    shown = explainer(args, state, model, device, ["beat", "median beat"], beat.fs,
+    channels = ["beat", "second lead"] if beat.leads == 2 else ["beat", "median beat"]
+    shown = explainer(args, state, model, device, channels, beat.fs,
                       features=mitdb.RR_FEATURES if flags.get("rr_features") else [])
     for path in tqdm(paths, desc="annotate", unit="recording", disable=None if len(paths) > 1 else True):
         start = time.perf_counter()
@@ -280,6 +295,9 @@ def finish_explaining(args: argparse.Namespace, shown: explain.Explainer | None,
 
 def run(args: argparse.Namespace) -> int:
     state, path, name = load_model(args.run, args.checkpoint)
+    if (state.get("args") or {}).get("task", "classify") != "classify":
+        raise ECGError(f"{path} is a generative run of --task {state['args']['task']}; predict.py applies classifiers "
+                       f"(score new beats with commander.py --test on a dataset, see docs/anomaly.md)")
     beat_model = state["args"]["dataset"] in BEAT_DATASETS
     paths = recording.list_inputs(args.inputs, skip=("_beats.csv", "predictions.csv"))
     names = [output_name(p) for p in paths]

@@ -14,14 +14,15 @@ from typing import Any
 
 from toolbox.utils import ECGError
 
-__all__ = ["BANDPASS", "BEAT_FORMAT_NAMES", "DATASETS", "DETECTOR_NAMES", "LEAD_SETS", "PREPROCESS_STEPS",
-           "PTBXL_LABEL_SETS", "SOURCES", "DatasetSpec", "get_loader", "preprocess_tag", "raw_dir"]
+__all__ = ["BANDPASS", "BEAT_FORMAT_FS", "BEAT_FORMAT_NAMES", "DATASETS", "DETECTOR_NAMES", "LEAD_SETS",
+           "PREPROCESS_STEPS", "PTBXL_LABEL_SETS", "SOURCES", "DatasetSpec", "get_loader", "preprocess_tag", "raw_dir"]
 
 # PhysioNet/CinC Challenge 2020-2021 record-name prefix -> source database (the ``source-X`` splits)
 SOURCES = {"A": "CPSC 2018", "Q": "CPSC-Extra", "I": "St Petersburg INCART", "S": "PTB", "HR": "PTB-XL",
            "E": "Georgia", "JS": "Chapman-Shaoxing/Ningbo"}
 # --beat-format values; their extraction parameters are ``loaders.mitdb.BEAT_FORMATS`` (same names, same order)
-BEAT_FORMAT_NAMES = ("kaggle", "centered", "filtered")
+BEAT_FORMAT_NAMES = ("kaggle", "centered", "filtered", "beatgan")
+BEAT_FORMAT_FS = {"kaggle": 125, "centered": 125, "filtered": 125, "beatgan": 360}  # their rates in Hz (``fs``)
 # R-peak detectors of ``loaders.detect.DETECTORS`` (named here so that --help imports nothing heavy)
 CHALLENGE_SPLITS = ("records", *(f"source-{s}" for s in SOURCES))
 # the PTB-XL benchmark's label sets (loaders.ptbxl.label_map defines them)

@@ -10,8 +10,13 @@ Other beat formats (``BEAT_FORMATS``, ``--beat-format``) keep 187 samples at 125
 which the Kaggle beat (starting at the R peak) leaves out. ``filtered`` is ``centered`` cut from the
 record with its baseline wander removed and divided by its median beat amplitude (``beat_inputs``)
 instead of min-max scaled per 10-s window, so beats keep their height relative to the patient's own.
+``beatgan`` is the beat of BeatGAN (Zhou et al., IJCAI 2019), for comparisons with it: 320 samples at the records'
+own 360 Hz (no resampling), 140 before the annotated R peak and 180 from it (the R peak at index 140), both leads
+(MLII first where the record has it, then its other lead), and each beat scaled to [-1, 1] by its own minimum and
+maximum over both leads: one scale per beat, so the two leads keep their relative size. The beats, their order and
+labels are those of the other formats; beats near a record's edge are zero-padded after the scaling.
 
-``--preprocess`` (:mod:`loaders.preprocess`) filters the whole record at 125 Hz before beats are cut (bandpass,
+``--preprocess`` (:mod:`loaders.preprocess`) filters the whole record at the beat rate before beats are cut (bandpass,
 baseline removal: part of the extraction parameters, so of the cache key), and normalises each beat on its own
 after the format's scaling (z-score or min-max: applied to the cached beats, like the record statistics).
 """
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
 from loaders.dataset import DataSplits, ECGDataset, cached_arrays, fingerprint, holdout, resample
@@ -80,9 +86,12 @@ class BeatParams:
     rr_factor: float | None = 1.2  # a beat is zero after this many median RR intervals; None: never cut
     lead: str = "MLII"
     before: int = 0  # samples (at ``fs``) before the R peak where a beat starts
-    scale: str = "window"  # "window": min-max per ``window_s``; "record": baseline removed, see ``beat_inputs``
+    # "window": min-max per ``window_s``; "record": baseline removed, see ``beat_inputs``; "beat": each beat to
+    # [-1, 1] by its own min and max over all its leads
+    scale: str = "window"
     bandpass: tuple[float, float] | None = None  # --preprocess bandpass: its edges in Hz, applied at ``fs``
     baseline: bool = False  # --preprocess baseline: the record's baseline wander removed at ``fs``
+    leads: int = 1  # signal leads per beat: ``lead`` (else the record's first), then the record's others in order
 
     def key(self) -> str:
         # the filters enter the key only when set, so the caches made before they existed keep their names
@@ -91,20 +100,30 @@ class BeatParams:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-LATER_FIELDS = {"bandpass": None, "baseline": False}  # BeatParams fields added after version 3, and their defaults
+# BeatParams fields added after version 3, and their defaults
+LATER_FIELDS = {"bandpass": None, "baseline": False, "leads": 1}
 
 
 # --beat-format: name -> extraction parameters (the first is the default, the Kaggle format); the names are
 # ``loaders.BEAT_FORMAT_NAMES``, which the flag parser lists without importing this module.
 BEAT_FORMATS = {"kaggle": BeatParams(), "centered": BeatParams(rr_factor=None, before=62),
-                "filtered": BeatParams(rr_factor=None, before=62, scale="record")}
+                "filtered": BeatParams(rr_factor=None, before=62, scale="record"),
+                "beatgan": BeatParams(fs=360, length=320, rr_factor=None, before=140, scale="beat", leads=2)}
 
 
-def beat_params(beat_format: str, prep: Preprocess = NO_PREPROCESS) -> BeatParams:
-    """The extraction parameters of ``beat_format`` with the record filters of ``prep`` (bandpass, baseline)."""
-    if "baseline" in prep.steps and BEAT_FORMATS[beat_format].scale == "record":
+def beat_params(beat_format: str, prep: Preprocess = NO_PREPROCESS, median_beat: bool = False) -> BeatParams:
+    """The extraction parameters of ``beat_format`` with the record filters of ``prep`` (bandpass, baseline); an
+    ECGError for what the format does not combine with."""
+    params = BEAT_FORMATS[beat_format]
+    if "baseline" in prep.steps and params.scale == "record":
         raise ECGError(f"--preprocess baseline: --beat-format {beat_format} removes the baseline already; leave "
                        f"baseline out")
+    if prep.normaliser is not None and params.scale == "beat":
+        raise ECGError(f"--preprocess {prep.normaliser}: --beat-format {beat_format} scales each beat to [-1, 1] "
+                       f"already; leave {prep.normaliser} out")
+    if median_beat and params.leads > 1:
+        raise ECGError(f"--median-beat: --beat-format {beat_format} beats have {params.leads} leads of their own; "
+                       f"leave --median-beat out")
     return replace(BEAT_FORMATS[beat_format], bandpass=prep.band if "bandpass" in prep.steps else None,
                    baseline="baseline" in prep.steps)
 
@@ -165,6 +184,15 @@ def _window_scale(x: np.ndarray, win: int) -> np.ndarray:
     span[span == 0] = 1.0
     wid = np.arange(len(x)) // win
     return (x - lo[wid]) / span[wid]
+
+
+def _beat_scale(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Each beat of ``x`` (n, ...) to [-1, 1] by the min and max of its ``valid`` samples over all its leads (a flat
+    beat becomes 0); the other samples are set later."""
+    axes = tuple(range(1, x.ndim))
+    lo = np.where(valid, x, np.inf).min(axis=axes, keepdims=True)
+    span = np.where(valid, x, -np.inf).max(axis=axes, keepdims=True) - lo
+    return np.where(span > 0, 2 * (x - lo) / np.where(span > 0, span, 1.0) - 1, 0.0)
 
 
 def _window_median_rr(beats: np.ndarray, n_windows: int, win: int) -> np.ndarray:
@@ -289,8 +317,9 @@ def record_templates(x: np.ndarray, records: np.ndarray, prematurity: np.ndarray
 def network_input(inputs: dict[str, np.ndarray], templates: np.ndarray | None, rr_features: bool,
                   idx: np.ndarray) -> np.ndarray:
     """The model's input (n, channels, length) for the beats ``idx``: the beat, then its record template
-    (``--median-beat``), then its RR features as constant channels (``--rr-features``)."""
-    x = inputs["x"][idx, None, :]
+    (``--median-beat``), then its RR features as constant channels (``--rr-features``). Beats of several leads
+    (``beatgan``) keep theirs as the first channels."""
+    x = inputs["x"][idx] if inputs["x"].ndim == 3 else inputs["x"][idx, None, :]
     if templates is not None:
         x = np.concatenate([x, templates[idx, None, :]], axis=1)
     if rr_features:
@@ -300,25 +329,31 @@ def network_input(inputs: dict[str, np.ndarray], templates: np.ndarray | None, r
 
 def cut_beats(signal: np.ndarray, fs_in: float, beat_samples: np.ndarray, at: np.ndarray,
               params: BeatParams = BeatParams()) -> dict[str, np.ndarray]:
-    """Beats of one lead (``signal`` at ``fs_in`` Hz) at the R peaks ``at``: ``x`` (n, length) float32, ``rr``
-    (:func:`rr_intervals`) and ``amp``, the absolute amplitude at each R peak (record-scaled formats).
+    """Beats of one lead (``signal`` (samples,) at ``fs_in`` Hz), or with ``params.leads`` > 1 of several
+    (``signal`` (samples, leads)), at the R peaks ``at``: ``x`` (n, length) or (n, leads, length) float32, ``rr``
+    (:func:`rr_intervals`) and ``amp``, the absolute amplitude of the first lead at each R peak (record-scaled
+    formats).
 
     ``beat_samples`` are every beat of the recording (sorted samples at ``fs_in``; ``at`` is a subset): the RR
     intervals and the window median RR come from them. Training cuts at the reference annotations
     (:func:`extract_record`), ``predict.py`` at detected R peaks, with this one function.
     ``filtered`` beats (``scale="record"``) are cut from the signal with its baseline removed; their division
-    by the record's amplitude is left to :func:`beat_inputs`, which knows the split. The record filters of
-    ``params`` (``bandpass``, ``baseline``) act on the whole resampled signal before the format's scaling.
+    by the record's amplitude is left to :func:`beat_inputs`, which knows the split. ``beatgan`` beats
+    (``scale="beat"``) are scaled one by one over their samples inside the record, then zero-padded. The record
+    filters of ``params`` (``bandpass``, ``baseline``) act on the whole resampled signal before the format's scaling.
     """
     x = resample(signal, fs_in, params.fs, axis=0)
     if params.bandpass is not None:
-        x = bandpass(x, params.fs, *params.bandpass)
+        x = bandpass(x, params.fs, *params.bandpass, axis=0)
     if params.baseline:
-        x = remove_baseline(x, params.fs)
+        x = remove_baseline(x, params.fs, axis=0)
     win = int(round(params.window_s * params.fs))
     pos_all = np.clip(np.round(beat_samples * params.fs / fs_in).astype(np.int64), 0, len(x) - 1)
     pos = np.clip(np.round(at * params.fs / fs_in).astype(np.int64), 0, len(x) - 1)
-    x = _window_scale(x, win) if params.scale == "window" else remove_baseline(x, params.fs)
+    if params.scale == "window":
+        x = _window_scale(x, win)
+    elif params.scale == "record":
+        x = remove_baseline(x, params.fs)
 
     starts = pos - params.before
     offsets = np.arange(params.length)
@@ -328,19 +363,31 @@ def cut_beats(signal: np.ndarray, fs_in: float, beat_samples: np.ndarray, at: np
         med_rr = _window_median_rr(pos_all, -(-len(x) // win), win)
         spans = np.round(params.rr_factor * med_rr[pos // win]).astype(np.int64) + params.before
         valid &= offsets[None, :] < spans[:, None]
-    beats = np.where(valid, x[np.clip(idx, 0, len(x) - 1)], 0.0).astype(np.float32)
-    return {"x": beats, "rr": rr_intervals(beat_samples, at), "amp": np.abs(x[pos]).astype(np.float32)}
+    seg = x[np.clip(idx, 0, len(x) - 1)]  # (n, length) or (n, length, leads)
+    if seg.ndim == 3:
+        seg, valid = seg.transpose(0, 2, 1), valid[:, None, :]
+    if params.scale == "beat":
+        seg = _beat_scale(seg, valid)
+    beats = np.where(valid, seg, 0.0).astype(np.float32)
+    amp = np.abs(x[pos] if x.ndim == 1 else x[pos, 0]).astype(np.float32)
+    return {"x": beats, "rr": rr_intervals(beat_samples, at), "amp": amp}
 
 
 def extract_record(raw_dir: Path, record: str, params: BeatParams = BeatParams()) -> dict[str, np.ndarray]:
     """Beats of one record at its reference annotations (:func:`cut_beats`), with ``label`` (AAMI index),
-    ``sample`` (at 360 Hz) and ``record``."""
+    ``sample`` (at 360 Hz) and ``record``. The lead is ``params.lead`` (MLII) where the record has it, else its
+    first; with ``params.leads`` > 1 the record's other leads follow in their order."""
     rec, ann = _read_record(raw_dir, record)
     lead = rec.sig_name.index(params.lead) if params.lead in rec.sig_name else 0
+    order = [lead, *(i for i in range(rec.n_sig) if i != lead)][:params.leads]
+    if len(order) < params.leads:
+        raise ECGError(f"record {record} has {rec.n_sig} leads, but these beats need {params.leads}; replace its "
+                       f"files with PhysioNet's")
     symbols = np.asarray(ann.symbol)
     is_beat = np.isin(symbols, list(BEAT_SYMBOLS))
     keep = np.isin(symbols, list(AAMI_MAP))
-    beats = cut_beats(rec.p_signal[:, lead], rec.fs, ann.sample[is_beat], ann.sample[keep], params)
+    signal = rec.p_signal[:, lead] if params.leads == 1 else rec.p_signal[:, order]
+    beats = cut_beats(signal, rec.fs, ann.sample[is_beat], ann.sample[keep], params)
     labels = np.array([AAMI_MAP[s] for s in symbols[keep]], dtype=np.int64)
     return {"x": beats["x"], "label": labels, "sample": ann.sample[keep].astype(np.int64),
             "record": np.full(len(labels), int(record), dtype=np.int64), "rr": beats["rr"], "amp": beats["amp"]}
@@ -351,8 +398,14 @@ def beats_at(signal: np.ndarray, fs: float, peaks: np.ndarray, *, beat_format: s
     """The model's input (n, channels, length) for a recording's detected R ``peaks`` (samples at ``fs``), made by
     the training code (:func:`cut_beats`, :func:`beat_inputs`, :func:`record_templates`, :func:`network_input`)
     with record statistics from the whole recording, as on the inter-patient protocol, and the run's
-    ``preprocess``."""
-    params = beat_params(beat_format, preprocess)
+    ``preprocess``. ``signal`` is one lead (samples,), or (samples, leads) for a format of several leads
+    (``beatgan``: MLII first)."""
+    params = beat_params(beat_format, preprocess, median_beat)
+    signal = np.asarray(signal)
+    given = 1 if signal.ndim == 1 else signal.shape[1]
+    if signal.ndim > 2 or given != params.leads:
+        raise ECGError(f"--beat-format {beat_format} cuts beats from {params.leads} lead(s), but {given} came; "
+                       f"{'give the recording as (samples, leads), MLII first' if params.leads > 1 else 'give one'}")
     peaks = np.asarray(peaks, dtype=np.int64)
     beats = {**cut_beats(signal, fs, peaks, peaks, params), "record": np.zeros(len(peaks), np.int64)}
     stats = np.ones(len(peaks), dtype=bool)
@@ -396,6 +449,22 @@ def intra_patient_split(labels: np.ndarray, seed: int, test_frac: float = 0.2,
     rest, test = holdout(np.arange(len(labels)), labels, test_frac, seed)
     train, val = holdout(rest, labels[rest], val_frac, seed)
     return {"train": train, "val": val, "test": test}
+
+
+def intra_fold_split(labels: np.ndarray, k: int, fold: int, seed: int,
+                     val_frac: float = 0.1) -> dict[str, np.ndarray]:
+    """Cross-validation over beats: stratified ``k`` folds of all beats (shuffled, seeded), test = fold ``fold``
+    (1-based), validation = a stratified ``val_frac`` of the other folds' beats, training the rest."""
+    smallest = int(np.bincount(labels)[np.unique(labels)].min())
+    if not 2 <= k <= smallest:
+        raise ECGError(f"--folds {k}: the smallest class has {smallest} beats, so every fold holds one of each "
+                       f"class only with 2 to {smallest} folds")
+    if not 1 <= fold <= k:
+        raise ECGError(f"--fold {fold} is not one of the {k} folds (1-{k})")
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
+    rest, test = next(f for i, f in enumerate(folds) if i == fold - 1)
+    train, val = holdout(rest, labels[rest], val_frac, seed)
+    return {"train": train, "val": val, "test": np.sort(test)}
 
 
 def _validation_records(pool: list[str], records: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
@@ -484,9 +553,11 @@ def fold_split(records: np.ndarray, labels: np.ndarray, k: int, fold: int, seed:
 
 
 def _manifest(beats: dict[str, np.ndarray], split: dict[str, np.ndarray], seed: int, params: BeatParams,
-              protocol: str = "intra", folds: list[list[str]] | None = None, fold: int | None = None) -> dict[str, Any]:
+              protocol: str = "intra", folds: list[list[str]] | int | None = None,
+              fold: int | None = None) -> dict[str, Any]:
     """splits.json content: for each split, the records and the annotation samples of its beats by record
-    (and for cross-validation inside DS1, every fold's records and which one is tested)."""
+    (and for cross-validation, which fold is tested: inside DS1 ``folds`` lists every fold's records; over the
+    beats of the intra-patient split it is their number, and the entry says ``"unit": "beat"``)."""
     out: dict[str, Any] = {"database": "mitdb", "protocol": PROTOCOLS[protocol], "split_seed": seed,
                            "extraction": {**asdict(params), "version": EXTRACTION_VERSION},
                            "records": {name: sorted(str(r) for r in np.unique(beats["record"][idx]))
@@ -497,8 +568,10 @@ def _manifest(beats: dict[str, np.ndarray], split: dict[str, np.ndarray], seed: 
                                                                                    minlength=5), strict=False)}
         rec, smp = beats["record"][idx], beats["sample"][idx]
         out["beats"][name] = {str(r): smp[rec == r].tolist() for r in np.unique(rec)}
-    if folds is not None:
+    if isinstance(folds, list):
         out["cross_validation"] = {"folds": folds, "fold": fold}
+    elif folds is not None:
+        out["cross_validation"] = {"folds": folds, "fold": fold, "unit": "beat"}
     return out
 
 
@@ -537,8 +610,9 @@ def build(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, prot
           folds: int | None = None, fold: int | None = None, preprocess: Preprocess = NO_PREPROCESS) -> DataSplits:
     """The MIT-BIH train/val/test datasets (5 AAMI classes, or N versus the rest when ``binary``).
 
-    ``protocol`` ``intra``: stratified random beats; ``inter``: DS1 records for training, DS2 for testing, or
-    with ``folds`` and ``fold``, cross-validation inside DS1 (:func:`fold_split`).
+    ``protocol`` ``intra``: stratified random beats, or with ``folds`` and ``fold``, stratified folds of the beats
+    (:func:`intra_fold_split`); ``inter``: DS1 records for training, DS2 for testing, or with ``folds`` and
+    ``fold``, cross-validation inside DS1 (:func:`fold_split`).
     ``rr_features``: each beat also gets its ``RR_FEATURES`` as constant input channels after the signal.
     ``beat_format``: how a beat is cut and scaled (``BEAT_FORMATS``).
     ``median_beat``: a second signal channel holds the median of the beat's record's beats that do not come
@@ -552,9 +626,9 @@ def build(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, prot
         raise ECGError(f"unknown split '{protocol}'; valid: {', '.join(PROTOCOLS)}")
     if beat_format not in BEAT_FORMATS:
         raise ECGError(f"unknown beat format '{beat_format}'; valid: {', '.join(BEAT_FORMATS)}")
-    if (folds is not None) and protocol != "inter":
-        raise ECGError("--folds splits the DS1 records of the inter-patient protocol; add --split inter")
-    params = beat_params(beat_format, preprocess)
+    if (folds is None) != (fold is None):
+        raise ECGError("--folds K and --fold I go together (test on fold I of K)")
+    params = beat_params(beat_format, preprocess, median_beat)
     if saved_manifest is not None:
         check_run(saved_manifest.get("preprocess"), preprocess)
     beats = load_beats(raw_dir, cache_dir, params, data_url=data_url, progress=progress)
@@ -574,8 +648,10 @@ def build(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int, prot
                            f"{exc}); restore it or start a new run with --version bump") from None
         manifest = saved_manifest
     else:
-        fold_records = None
-        if protocol == "intra":
+        fold_records: list[list[str]] | int | None = None
+        if protocol == "intra" and folds is not None:
+            split, fold_records = intra_fold_split(beats["label"], folds, fold, split_seed), folds
+        elif protocol == "intra":
             split = intra_patient_split(beats["label"], split_seed)
         elif folds is not None:
             split, fold_records = fold_split(beats["record"], beats["label"], folds, fold, split_seed)
@@ -616,6 +692,7 @@ def build_beats(raw_dir: Path, cache_dir: Path, *, binary: bool, split_seed: int
     if kaggle.has_mitbih_csv(raw_dir):
         needs = [flag for flag, on in (("--rr-features", rr_features), ("--median-beat", median_beat),
                                        (f"--beat-format {beat_format}", beat_format != "kaggle"),
+                                       (f"--folds {folds}", folds is not None),
                                        (f"--preprocess {' '.join(preprocess.steps)}", bool(preprocess.steps))) if on]
         if needs:
             raise ECGError(f"{needs[0]} needs the raw MIT-BIH records, but {raw_dir} holds the Kaggle CSVs "

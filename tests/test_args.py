@@ -110,7 +110,7 @@ def test_the_parser_offers_exactly_the_selectors_names() -> None:
     (["--label-smoothing", "0.1", "--criterion", "focal"], "--label-smoothing applies to --criterion crossentropy"),
     (["--dataset", "ptbxl", "--label-smoothing", "0.1"], "--label-smoothing applies to --criterion crossentropy"),
     (["--folds", "4"], "--folds K and --fold I go together"),
-    (["--folds", "4", "--fold", "2"], "--folds splits the DS1 records of --split inter"),
+    (["--folds", "4", "--fold", "5"], "--fold 5 is not one of the 4 folds"),
     (["--split", "inter", "--folds", "4", "--fold", "5"], "--fold 5 is not one of the 4 folds"),
     (["--split", "inter", "--folds", "1", "--fold", "1"], "must be 2 or more"),
     (["--dataset", "cinc2020", "--folds", "2", "--fold", "1"], "--folds applies to the MIT-BIH beats"),

@@ -187,7 +187,8 @@ def test_a_ptbxl_cache_holds_the_preprocessed_records(tmp_path: Path, data_root:
 # ---- the beats ----
 
 def test_beat_filters_key_the_cache_and_act_before_the_beats_are_cut() -> None:
-    keys = {"kaggle": "e722dbb7c30f", "centered": "01cc79866ef3", "filtered": "cd41be0024a2"}  # before preprocessing
+    keys = {"kaggle": "e722dbb7c30f", "centered": "01cc79866ef3", "filtered": "cd41be0024a2",  # before preprocessing
+            "beatgan": "b1694a573e26"}
     assert {name: p.key() for name, p in mitdb.BEAT_FORMATS.items()} == keys
     assert mitdb.beat_params("kaggle") == mitdb.BEAT_FORMATS["kaggle"]
     filtered = mitdb.beat_params("centered", Preprocess(("bandpass", "zscore")))

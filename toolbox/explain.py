@@ -314,6 +314,9 @@ def lead_names(dataset: str, data: DataSplits) -> tuple[list[str], float]:
     if data.preprocess.get("leads"):
         return list(data.preprocess["leads"]), float(data.preprocess["fs"])
     lead = BEAT_LEADS.get(dataset, "ECG")
+    extraction = data.manifest.get("extraction") or {}
+    if extraction.get("leads", 1) == 2:  # --beat-format beatgan: both leads of the record, at its own rate
+        return [lead, "second lead"][: data.signal_channels], float(extraction.get("fs", BEAT_FS))
     names = [lead, f"{lead} median beat"][: data.signal_channels]
     return names + [f"channel {i}" for i in range(len(names), data.signal_channels)], BEAT_FS
 
