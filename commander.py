@@ -476,7 +476,9 @@ def test_anomaly(args: argparse.Namespace, run_dir: Path, path: Path, state: dic
     combiner = ScoreCombiner.from_dict(state["combination"])
     loader = make_dataloader(data.test, args.batch_size, workers=args.workers)
     max_batches = SHORT_RUN_BATCHES if args.short_run else None
-    scores, labels = trainer.anomaly_scores(model, loader, device, desc="test", max_batches=max_batches)
+    latent = state.get("latent")
+    scores, labels = trainer.anomaly_scores(model, loader, device, desc="test", max_batches=max_batches,
+                                            score=lambda x: anomaly_task.beat_scores(model, x, latent))
     tag = f"test_{args.resume}" + ("_short" if args.short_run else "")
     groups = data.test.meta["record"][: len(labels)] if data.resample_records else None
     metrics = anomaly_task.test_outputs(run_dir / "pred", tag, scores, labels, data, normal, combiner,
@@ -577,8 +579,13 @@ def train_anomaly(args: argparse.Namespace, runs_dir: Path, run_dir: Path | None
         for epoch in range(start_epoch + 1, args.epochs + 1):
             tr = trainer.train_generative(model, train_loader, optimizers, device, epoch, max_batches=max_batches)
             t0 = time.perf_counter()
-            scores, labels = trainer.anomaly_scores(model, val_loader, device, desc="val", max_batches=max_batches)
-            val, combiner, threshold = anomaly_task.fit_validation(scores, labels, normal, seed=args.seed)
+            latent = anomaly_task.fit_latent(model, data.train, device)
+            scores, labels = trainer.anomaly_scores(model, val_loader, device, desc="val", max_batches=max_batches,
+                                                    score=lambda x, latent=latent: anomaly_task.beat_scores(model, x,
+                                                                                                            latent))
+            groups = data.val.meta["record"][: len(labels)] if data.resample_records else None
+            val, combiner, threshold = anomaly_task.fit_validation(scores, labels, normal, seed=args.seed,
+                                                                   groups=groups)
             val["seconds"] = time.perf_counter() - t0
             score = val["auroc"] if math.isfinite(val["auroc"]) else -math.inf
             is_best = score > best_score or best_epoch == 0
@@ -594,13 +601,13 @@ def train_anomaly(args: argparse.Namespace, runs_dir: Path, run_dir: Path | None
             checkpoint.save({"epoch": epoch, **shape, "classes": data.classes, "model": model.state_dict(),
                              "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                              "best_score": best_score, "best_epoch": best_epoch, "selection": anomaly_task.SELECTION,
-                             "combination": combiner.to_dict() if combiner is not None else None,
+                             "combination": combiner.to_dict() if combiner is not None else None, "latent": latent,
                              "threshold": threshold, "normal_classes": [data.classes[k] for k in normal],
                              "preprocess": data.preprocess, "args": flags(args), "overrides": {},
                              "rng": checkpoint.rng_state(generator), "world_size": 1}, run_dir, is_best=is_best)
             parts = " ".join(f"{k} {v:.4f}" for k, v in tr.items() if k not in ("lr", "seconds"))
-            singles = " ".join(f"{k[6:]} {v:.3f}" for k, v in val.items() if k.startswith("auroc_") and
-                               k != "auroc_combined_in_sample" and v is not None)
+            singles = " ".join(f"{k} {val[f'auroc_{k}']:.3f}" for k in (*model.score_names, "mahalanobis", "knn")
+                               if val.get(f"auroc_{k}") is not None)
             print(f"epoch {epoch:>3}/{args.epochs}  train {parts} | val AUROC {val['auroc']:.4f} (cross-validated "
                   f"combination; {singles}) F1 {val['f1']:.4f} | {tr['seconds'] + val['seconds']:.1f} s"
                   f"{'  *best' if is_best else ''}", flush=True)

@@ -233,14 +233,17 @@ def train_generative(model: nn.Module, loader: DataLoader, optimizers: dict[str,
     return {**{k: v / max(n, 1) for k, v in sums.items()}, "lr": lr, "seconds": time.perf_counter() - start}
 
 
-def anomaly_scores(model: nn.Module, loader: DataLoader, device: torch.device, *, desc: str = "score",
+def anomaly_scores(model: nn.Module, loader: DataLoader, device: torch.device, *,
+                   score: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None, desc: str = "score",
                    max_batches: int | None = None, progress: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Every anomaly score of the model (higher = more abnormal) per example, and the examples' labels."""
+    """Every anomaly score (higher = more abnormal) per example, and the examples' labels; ``score`` (a batch ->
+    named per-example scores) defaults to the model's own ``scores``."""
     model.eval()
+    score = score or model.scores
     done: list[tuple[dict[str, torch.Tensor], torch.Tensor]] = []
     for _, (x, y) in _batches(loader, max_batches, desc, progress, shard=True):
         with torch.no_grad():
-            scores = model.scores(x.to(device, non_blocking=True))
+            scores = score(x.to(device, non_blocking=True))
         done.append(({k: v.float().cpu() for k, v in scores.items()}, y.cpu()))
     done = gather_batches(done)
     if not done:

@@ -32,9 +32,12 @@ import numpy as np
 import pandas as pd
 
 import commander
+from toolbox.anomaly import bootstrap_anomaly
 from toolbox.metrics import bootstrap_classification, bootstrap_multilabel, classification_metrics
 from toolbox.utils import ECGError
 
+# epochs of each generative model's configurations: each trains in under 15 minutes on 2 CPU cores
+ANOMALY_EPOCHS = {"ae1d": 10, "vae1d": 10, "beatgan": 8, "vaegan": 8, "dcgan": 10}
 # name -> flags of commander.py (the configurations we measure)
 CONFIGS: dict[str, list[str]] = {
     "intra-cnn1d_3": ["--dataset", "ecg", "--model-name", "cnn1d_3"],
@@ -63,6 +66,10 @@ CONFIGS: dict[str, list[str]] = {
     "cinc2020-cnn1d_3": ["--dataset", "cinc2020", "--model-name", "cnn1d_3", "--batch-size", "16", "--epochs", "30"],
     "cinc2020-ribeiro_resnet_small": ["--dataset", "cinc2020", "--model-name", "ribeiro_resnet_small", "--batch-size",
                                       "16", "--epochs", "30"],
+    # anomaly detection (--task anomaly): generative models of the N beats in BeatGAN's beat format; docs/anomaly.md
+    **{f"anomaly-{split}-{model}": ["--dataset", "ecg", "--split", split, "--task", "anomaly", "--model-name", model,
+                                    "--beat-format", "beatgan", "--epochs", str(epochs)]
+       for split in ("intra", "inter") for model, epochs in ANOMALY_EPOCHS.items()},
 }
 
 # name -> configurations whose runs (every seed of each) are scored as one model: mean test probabilities
@@ -85,11 +92,33 @@ def run_seed(flags: list[str], seed: int, root: Path) -> dict[str, Any]:
         raise SystemExit(f"quality.py: {shlex.join(common)} --seed {seed}: {exc}") from None
     tag = "test_best_short" if "--short-run" in flags else "test_best"  # as commander names them
     metrics = json.loads((run / "pred" / f"{tag}_metrics.json").read_text())
+    kind = "scores" if is_anomaly(flags) else "predictions"
     log = json.loads((run / "logger.json").read_text())
     config = json.loads((run / "config.json").read_text())
     minutes = sum(r["seconds"] for r in log["train"]) / 60 + sum(r["seconds"] for r in log["val"]) / 60
     return {"metrics": metrics, "params": config["model"]["parameters"], "epochs": len(log["train"]),
-            "minutes": minutes, "run": run.name, "dir": run, "predictions": run / "pred" / f"{tag}_predictions.csv"}
+            "minutes": minutes, "run": run.name, "dir": run, "predictions": run / "pred" / f"{tag}_{kind}.csv"}
+
+
+def is_anomaly(flags: list[str]) -> bool:
+    """Whether a configuration trains a generative model of normal beats (--task anomaly)."""
+    return "--task" in flags and flags[flags.index("--task") + 1] == "anomaly"
+
+
+def anomaly_interval(results: list[dict[str, Any]], inter: bool, resamples: int = 1000) -> dict[str, Any]:
+    """95% bootstrap interval of the mean over the runs of AUROC, AUPRC, F1, MCC and per-class AUROC (each run at
+    its own validation threshold; test records resampled on the inter-patient split, beats otherwise)."""
+    tables = [pd.read_csv(r["predictions"]) for r in results]
+    same = ["record", "sample", "class"] if "record" in tables[0] else ["row", "class"]
+    if any(not t[same].equals(tables[0][same]) for t in tables[1:]):
+        raise SystemExit(f"the runs {', '.join(r['run'] for r in results)} were tested on different beats")
+    splits = json.loads((results[0]["dir"] / "splits.json").read_text())
+    names = json.loads((results[0]["dir"] / "config.json").read_text())["dataset"]["classes"]
+    classes = tables[0]["class"].map(names.index).to_numpy()
+    groups = tables[0]["record"].to_numpy() if inter and "record" in tables[0] else None
+    return bootstrap_anomaly([t["score"].to_numpy() for t in tables], classes, names,
+                             splits["anomaly"]["normal_classes"], [r["metrics"]["threshold"] for r in results],
+                             resamples, groups=groups)
 
 
 def predictions(results: list[dict[str, Any]]) -> tuple[pd.DataFrame, list[np.ndarray], list[str]]:
@@ -159,6 +188,14 @@ def row(config: str, results: list[dict[str, Any]], ci: dict[str, Any], inter: b
     head = ["config", "seeds", "params", "epochs", "train+val min"]
     cells = [f"`{config}`", str(seeds or len(results)), f"{results[0]['params'] / 1e3:.0f} k",
              str(results[0]["epochs"]), cell([r["minutes"] for r in results], None, digits=1)]
+    if "mcc" in m[0]:  # anomaly detection: scores of every beat, decisions at the validation threshold
+        head += ["AUROC", "AUPRC", "F1", "MCC"]
+        cells += [cell([x[k] for x in m], ci.get(k)) for k in ("auroc", "auprc", "f1", "mcc")]
+        for c in m[0]["per_class"]:
+            head.append(f"AUROC {c}")
+            cells.append(cell([x["per_class"][c]["auroc"] for x in m], (ci.get("per_class") or {}).get(c, {}).get(
+                "auroc")))
+        return "| " + " | ".join(head) + " |", "| " + " | ".join(cells) + " |"
     if "macro_auroc" in m[0]:  # multi-label
         keys = ["macro_auroc", "fmax", "accuracy", "macro_f1", "f_beta", "g_beta"] + (["challenge"] if "challenge" in
                                                                                      m[0] else [])
@@ -195,8 +232,10 @@ def print_tables(title: str, command: str, tables: dict[str, list[str]], notes: 
     print("\n".join(notes))
 
 
-def measure(configs: list[str], seeds: list[int], root: Path, with_ensembles: bool, command: str) -> None:
-    """Train, test and tabulate ``configs`` (and ``ENSEMBLES`` names) over ``seeds``."""
+def measure(configs: list[str], seeds: list[int], root: Path, with_ensembles: bool, command: str,
+            cv: int | None = None) -> None:
+    """Train, test and tabulate ``configs`` (and ``ENSEMBLES`` names) over ``seeds`` (and with ``cv``, over the
+    ``cv`` folds of the intra-patient split)."""
     tables: dict[str, list[str]] = {}
     notes = []
     done: dict[str, list[dict]] = {}  # configuration -> its seeds' results, each trained once per invocation
@@ -205,11 +244,22 @@ def measure(configs: list[str], seeds: list[int], root: Path, with_ensembles: bo
         for config in members:
             if config in done:
                 continue
-            results = done[config] = [run_seed(CONFIGS[config], seed, root) for seed in seeds]
             inter = "inter" in CONFIGS[config]
-            head, line = row(config, results, seed_interval(results), inter)
+            if cv:  # every fold of the intra-patient split, each seed: a row over folds x seeds (no interval)
+                results = done[config] = [run_seed([*CONFIGS[config], "--folds", str(cv), "--fold", str(i)], seed,
+                                                   root) for i in range(1, cv + 1) for seed in seeds]
+                head, line = row(f"{config} ({cv} folds)", results, {}, inter)
+                tables.setdefault(head, []).append(line)
+                notes.append(f"python commander.py {shlex.join(CONFIGS[config])} --folds {cv} --fold I --seed S  # "
+                             f"then --test; mean ± sd over {cv} folds x {len(seeds)} seeds; runs "
+                             f"{', '.join(r['run'] for r in results)}")
+                continue
+            results = done[config] = [run_seed(CONFIGS[config], seed, root) for seed in seeds]
+            interval = (anomaly_interval(results, inter) if is_anomaly(CONFIGS[config]) else
+                        seed_interval(results))
+            head, line = row(config, results, interval, inter)
             tables.setdefault(head, []).append(line)
-            if with_ensembles and "macro_auroc" not in results[0]["metrics"]:
+            if with_ensembles and "macro_auroc" not in results[0]["metrics"] and not is_anomaly(CONFIGS[config]):
                 whole = ensemble(results)
                 head, line = row(f"{config}{SEED_ENSEMBLE}", [whole], whole["metrics"]["ci"], inter,
                                  seeds=len(results))
@@ -316,6 +366,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="rank the given inter-patient candidates (configurations, CONFIG+seeds, ensembles) by "
                         "cross-validation inside DS1, then train the winner on DS1 and test it on DS2")
     p.add_argument("--folds", type=int, default=4, help="--select: record-level folds of DS1")
+    p.add_argument("--cv", type=int, default=None, metavar="K",
+                   help="train and test every intra-patient configuration on each of K folds of the beats "
+                        "(--folds K --fold I), every seed; rows give mean ± sd over folds and seeds")
     p.add_argument("--list", action="store_true", help="print the configurations and their flags")
     return p
 
@@ -335,12 +388,16 @@ def main() -> None:
         p.error(f"unknown configuration(s) {', '.join(unknown)}; --list shows them")
     if not args.select and any(c.endswith(SEED_ENSEMBLE) for c in args.configs):
         p.error(f"CONFIG{SEED_ENSEMBLE} is a --select candidate; without --select, --ensemble adds those rows")
+    if args.cv is not None and (args.select or args.cv < 2 or any("inter" in CONFIGS.get(c, ["inter"])
+                                                                  for c in args.configs)):
+        p.error("--cv K (2 or more) folds the intra-patient configurations; without --select")
     command = (f"python benchmarks/quality.py {' '.join(args.configs)} --seeds {' '.join(map(str, args.seeds))}"
-               + (" --ensemble" if args.ensemble else "") + (f" --select --folds {args.folds}" if args.select else ""))
+               + (" --ensemble" if args.ensemble else "") + (f" --select --folds {args.folds}" if args.select else "")
+               + (f" --cv {args.cv}" if args.cv else ""))
     if args.select:
         select(args.configs, args.folds, args.seeds, args.root_dir, command)
     else:
-        measure(args.configs, args.seeds, args.root_dir, args.ensemble, command)
+        measure(args.configs, args.seeds, args.root_dir, args.ensemble, command, args.cv)
 
 
 if __name__ == "__main__":

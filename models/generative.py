@@ -17,7 +17,8 @@ to the latent code), :class:`Decoder1d` (a linear layer, transposed convolutions
 
 Every model has the same interface: ``kind``, ``can_sample``, ``score_names``, ``make_optimizers(lr, weight_decay)``,
 ``train_step(x, optimizers)`` (one optimisation step, python floats back, key ``loss``), ``scores(x)`` (one score
-per beat and name, higher = more abnormal), ``reconstruct(x)`` and ``sample(n, generator)``. Randomness comes from
+per beat and name, higher = more abnormal), ``encode(x)`` (the latent code), ``reconstruct(x)`` and
+``sample(n, generator)``. Randomness comes from
 torch's global generator only, so a checkpoint that saves it resumes exactly.
 """
 from __future__ import annotations
@@ -194,6 +195,10 @@ class AE1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
 
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The latent code of ``x`` (E(x)): (batch, latent)."""
+        return self.encoder(x)
+
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """D(E(x)), the shape of ``x``."""
         return self(x)
@@ -237,6 +242,10 @@ class VAE1d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(_posterior(self.encoder, x)[0])
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The latent code of ``x`` (the posterior mean): (batch, latent)."""
+        return _posterior(self.encoder, x)[0]
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """D(posterior mean), the shape of ``x``."""
@@ -284,6 +293,10 @@ class BeatGAN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The latent code of ``x`` (E(x)): (batch, latent)."""
+        return self.encoder(x)
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """G(x) = D(E(x)), the shape of ``x``."""
@@ -334,6 +347,10 @@ class VAEGAN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(_posterior(self.encoder, x)[0])
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The latent code of ``x`` (the posterior mean): (batch, latent)."""
+        return _posterior(self.encoder, x)[0]
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """D(posterior mean), the shape of ``x``."""
@@ -390,6 +407,10 @@ class DCGAN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.generator(self.inverse(x))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The latent code of ``x`` (the inverse encoder's code): (batch, latent)."""
+        return self.inverse(x)
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """G(E(x)), the shape of ``x``."""

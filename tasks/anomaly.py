@@ -29,6 +29,10 @@ from loaders.dataset import DataSplits, ECGDataset, make_dataloader
 from toolbox import anomaly
 from toolbox.utils import ECGError, atomic_write, write_json
 
+LATENT_FIT_MOST = 8192  # normal training beats (evenly spaced) whose latent codes give the Mahalanobis statistics
+SHRINKAGE = 1e-3  # of the latent covariance towards its mean variance, so that it can be inverted
+NEIGHBOURS = 5  # the knn score: mean distance of a beat's latent code to its nearest training codes
+PARTS = 3  # each lead's reconstruction error is also scored in this many consecutive parts of the beat
 SELECTION = "auroc"  # the validation score that picks the best epoch (cross-validated AUROC of the combination)
 TSTR_MODEL = "cnn1d_3"  # the small classifier of train-on-synthetic / test-on-real
 TSTR_EPOCHS = 4
@@ -85,10 +89,48 @@ def is_abnormal(labels: np.ndarray, normal: list[int]) -> np.ndarray:
     return ~np.isin(labels, normal)
 
 
-def fit_validation(scores: dict[str, np.ndarray], labels: np.ndarray, normal: list[int],
-                   seed: int = 0) -> tuple[dict[str, Any], anomaly.ScoreCombiner | None, float | None]:
+@torch.no_grad()
+def fit_latent(model: torch.nn.Module, train: ECGDataset, device: torch.device,
+               most: int = LATENT_FIT_MOST) -> dict[str, torch.Tensor]:
+    """Mean and (shrunk) precision matrix of the latent codes of at most ``most`` evenly spaced normal training
+    beats, and the codes themselves (the neighbours of :func:`beat_scores`' ``knn``); no random draw, so a resumed
+    run computes the same."""
+    model.eval()
+    idx = np.unique(np.linspace(0, len(train) - 1, min(most, len(train))).round().astype(np.int64))
+    z = torch.cat([model.encode(train.x[idx[i:i + 512]].to(device)).float().cpu() for i in range(0, len(idx), 512)])
+    z = z.double()
+    cov = torch.cov(z.T) if len(z) > 1 else torch.eye(z.shape[1], dtype=torch.float64)
+    scale = float(torch.diagonal(cov).mean()) or 1.0
+    cov = (1 - SHRINKAGE) * cov + SHRINKAGE * scale * torch.eye(z.shape[1], dtype=torch.float64)
+    return {"mean": z.mean(0).float(), "precision": torch.linalg.inv(cov).float(), "codes": z.float()}
+
+
+def beat_scores(model: torch.nn.Module, x: torch.Tensor,
+                latent: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The model's scores of a batch, plus each lead's squared reconstruction error in ``PARTS`` consecutive parts
+    of the beat (``error_lead<k>_part<p>``) and, given the training latents' statistics, the Mahalanobis distance of
+    the beat's latent code from them (``mahalanobis``) and its mean Euclidean distance to the ``NEIGHBOURS``
+    nearest training codes (``knn``)."""
+    scores = dict(model.scores(x))
+    err = (x - model.reconstruct(x)).float().pow(2)
+    for c in range(err.shape[1]):
+        for p, part in enumerate(err[:, c].chunk(PARTS, dim=1)):
+            scores[f"error_lead{c + 1}_part{p + 1}"] = part.mean(1)
+    if latent is not None:
+        z = model.encode(x).float()
+        d = z - latent["mean"].to(x.device)
+        scores["mahalanobis"] = ((d @ latent["precision"].to(x.device)) * d).sum(1)
+        near = torch.cdist(z, latent["codes"].to(x.device)).topk(NEIGHBOURS, dim=1, largest=False).values
+        scores["knn"] = near.mean(1)
+    return scores
+
+
+def fit_validation(scores: dict[str, np.ndarray], labels: np.ndarray, normal: list[int], seed: int = 0,
+                   groups: np.ndarray | None = None) -> tuple[dict[str, Any], anomaly.ScoreCombiner | None,
+                                                              float | None]:
     """On validation beats: the score combination, its threshold, and the metrics logged for the epoch
-    (``auroc``: cross-validated AUROC of the combination; ``auroc_<score>``: each score alone)."""
+    (``auroc``: cross-validated AUROC of the combination, holding out whole records when ``groups`` gives each
+    beat's record, as on the inter-patient split; ``auroc_<score>``: each score alone)."""
     positive = is_abnormal(labels, normal)
     metrics: dict[str, Any] = {f"auroc_{k}": anomaly.auroc(v, positive) for k, v in scores.items()}
     metrics["beats"], metrics["abnormal_beats"] = int(len(labels)), int(positive.sum())
@@ -99,7 +141,8 @@ def fit_validation(scores: dict[str, np.ndarray], labels: np.ndarray, normal: li
     combined = combiner.combine(scores)
     threshold = anomaly.choose_threshold(combined, positive)
     folds = int(min(5, positive.sum(), (~positive).sum()))
-    metrics["auroc"] = anomaly.cross_validated_auroc(scores, positive, folds=folds, seed=seed)
+    cv = anomaly.cross_validated_auroc(scores, positive, folds=folds, seed=seed, groups=groups)
+    metrics["auroc"] = cv if cv is not None else math.nan
     metrics["auroc_combined_in_sample"] = anomaly.auroc(combined, positive)
     metrics["auprc"] = anomaly.auprc(combined, positive)
     decided = combined >= threshold

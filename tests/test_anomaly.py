@@ -61,11 +61,15 @@ def test_training_sees_normal_beats_only_and_choices_come_from_validation(root: 
     data, _ = commander.build_data(parse_args([*SHORT, "--model-name", "ae1d", "--root-dir", str(root)]),
                                    commander.get_loader("ecg"), run)
     loader = make_dataloader(data.val, 128)
-    scores, labels = trainer.anomaly_scores(model, loader, torch.device("cpu"), max_batches=10, progress=False)
+    latent = anomaly_task.fit_latent(model, data.train, torch.device("cpu"))
+    assert all(torch.equal(latent[k], state["latent"][k]) for k in ("mean", "precision"))
+    scores, labels = trainer.anomaly_scores(model, loader, torch.device("cpu"), max_batches=10, progress=False,
+                                            score=lambda x: anomaly_task.beat_scores(model, x, latent))
+    assert {"reconstruction", "latent", "mahalanobis", "error_lead1_part3"} <= set(scores)
     _, combiner, threshold = anomaly_task.fit_validation(scores, labels, [0], seed=0)
     assert combiner.to_dict() == state["combination"] and threshold == state["threshold"]
     log = json.loads((run / "logger.json").read_text())
-    assert {"auroc", "auprc", "f1", "auroc_reconstruction", "auroc_latent"} <= set(log["val"][0])
+    assert {"auroc", "auprc", "f1", "auroc_reconstruction", "auroc_latent", "auroc_mahalanobis"} <= set(log["val"][0])
     best = max(log["val"], key=lambda r: r["auroc"])["epoch"]
     assert state["best_epoch"] == best == state["epoch"]
 

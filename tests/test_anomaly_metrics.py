@@ -254,3 +254,20 @@ def test_each_figure_writes_a_png(tmp_path: Path) -> None:
         data = path.read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 1000, path.name
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically, no temporary left
+
+
+def test_bootstrap_of_several_runs_is_the_interval_of_their_mean() -> None:
+    """Synthetic scores: two identical runs give the one run's interval; a strong and a weak run give an interval
+    between theirs (every resample scores both runs on the same draw and averages)."""
+    rng = np.random.default_rng(3)
+    classes = np.repeat([0, 1, 2], [300, 60, 40])
+    strong = rng.normal(size=400) + 2.0 * (classes > 0)
+    weak = rng.normal(size=400) + 0.5 * (classes > 0)
+    names, normal = ["N", "S", "V"], ["N"]
+    one = bootstrap_anomaly(strong, classes, names, normal, 1.0, 200)
+    assert bootstrap_anomaly([strong, strong], classes, names, normal, [1.0, 1.0], 200) == one
+    both = bootstrap_anomaly([strong, weak], classes, names, normal, [1.0, 0.3], 200)
+    low = bootstrap_anomaly(weak, classes, names, normal, 0.3, 200)
+    assert low["auroc"][1] < both["auroc"][0] < both["auroc"][1] < one["auroc"][0]
+    mean = (auroc(strong, classes > 0) + auroc(weak, classes > 0)) / 2
+    assert both["auroc"][0] < mean < both["auroc"][1]

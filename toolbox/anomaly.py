@@ -30,7 +30,7 @@ from sklearn.metrics import (  # noqa: E402
     roc_auc_score,
     roc_curve,
 )
-from sklearn.model_selection import StratifiedKFold  # noqa: E402
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold  # noqa: E402
 
 from toolbox.metrics import BOOTSTRAP_SEED, CI_LEVEL, _interval, _resample_weights  # noqa: E402
 from toolbox.utils import ECGError, atomic_write  # noqa: E402
@@ -210,42 +210,56 @@ def _weighted_decisions(flagged: np.ndarray, positive: np.ndarray, counts: np.nd
                 "recall": np.where(tp + fn > 0, tp / (tp + fn), 0.0)}
 
 
-def bootstrap_anomaly(scores: np.ndarray, classes: np.ndarray, class_names: Sequence[str], normal: Sequence[str],
-                      threshold: float, resamples: int, groups: np.ndarray | None = None,
-                      seed: int = BOOTSTRAP_SEED, chunk: int = 100) -> dict[str, Any]:
+def bootstrap_anomaly(scores: np.ndarray | Sequence[np.ndarray], classes: np.ndarray, class_names: Sequence[str],
+                      normal: Sequence[str], threshold: float | Sequence[float], resamples: int,
+                      groups: np.ndarray | None = None, seed: int = BOOTSTRAP_SEED, chunk: int = 100) -> dict[str, Any]:
     """95% percentile bootstrap intervals of :func:`anomaly_metrics`' AUROC, AUPRC, F1, MCC, precision, recall and
     per-class AUROC/AUPRC (each abnormal class against the normal beats), resampling beats or, with ``groups``
     (the record of each beat), whole groups; seeded, so the same input gives the same intervals.
 
+    ``scores`` (and ``threshold``) may hold several runs' scores of the same beats (seeds): each resample then
+    scores every run on the same draw and averages, so the interval is that of the mean over runs.
     Vectorised: each chunk of resamples is a matrix of draw counts, and every area is a sum over the tie groups
     of the beats sorted once (sparse group sums of the counts), so 22,000 beats x 1,000 resamples take seconds.
     {} when ``resamples`` is 0.
     """
-    s = _scores(scores)
-    c, normal_class = _classes(classes, class_names, normal, len(s))
-    if groups is not None and len(np.asarray(groups).reshape(-1)) != len(s):
-        raise ECGError(f"got {len(s)} scores but {len(np.asarray(groups).reshape(-1))} groups: give one per beat")
-    if resamples <= 0 or not len(s):
+    several = isinstance(scores, list | tuple)
+    runs = [_scores(x) for x in (scores if several else [scores])]
+    thresholds = list(threshold) if several else [threshold]
+    if len(thresholds) != len(runs) or any(len(r) != len(runs[0]) for r in runs):
+        raise ECGError("give one threshold per run, and every run's scores of the same beats")
+    n = len(runs[0])
+    c, normal_class = _classes(classes, class_names, normal, n)
+    if groups is not None and len(np.asarray(groups).reshape(-1)) != n:
+        raise ECGError(f"got {n} scores but {len(np.asarray(groups).reshape(-1))} groups: give one per beat")
+    if resamples <= 0 or not n:
         return {}
     abnormal = ~normal_class[c]
-    flagged = s >= threshold
     kept = _abnormal_classes(class_names, normal_class)
-    rankings = {None: _ranking(s, abnormal, np.ones(len(s), bool))}  # None: all abnormal beats vs normal
-    rankings.update({class_names[k]: _ranking(s, c == k, ~abnormal | (c == k)) for k in kept})
+    per_run = []
+    for s in runs:
+        rankings = {None: _ranking(s, abnormal, np.ones(n, bool))}  # None: all abnormal beats vs normal
+        rankings.update({class_names[k]: _ranking(s, c == k, ~abnormal | (c == k)) for k in kept})
+        per_run.append(rankings)
     unit = np.unique(np.asarray(groups).reshape(-1), return_inverse=True)[1] if groups is not None \
-        else np.arange(len(s))
+        else np.arange(n)
     n_units = int(unit.max()) + 1
     rng = np.random.default_rng(seed)
     draws: dict[tuple[str | None, str], list[np.ndarray]] = {}  # (class or None, metric) -> chunks of draws
     for start in range(0, resamples, chunk):  # chunks keep (resamples x beats) small
         weights = _resample_weights(n_units, min(chunk, resamples - start), rng)
         counts = np.ascontiguousarray(weights.T[unit], dtype=np.float64)  # (beats, resamples)
-        for name, ranking in rankings.items():
-            roc, ap = _weighted_areas(ranking, counts)
-            draws.setdefault((name, "auroc"), []).append(roc)
-            draws.setdefault((name, "auprc"), []).append(ap)
-        for key, values in _weighted_decisions(flagged, abnormal, counts).items():
-            draws.setdefault((None, key), []).append(values)
+        here: dict[tuple[str | None, str], list[np.ndarray]] = {}
+        for s, t, rankings in zip(runs, thresholds, per_run, strict=True):
+            for name, ranking in rankings.items():
+                roc, ap = _weighted_areas(ranking, counts)
+                here.setdefault((name, "auroc"), []).append(roc)
+                here.setdefault((name, "auprc"), []).append(ap)
+            for key, values in _weighted_decisions(s >= t, abnormal, counts).items():
+                here.setdefault((None, key), []).append(values)
+        with np.errstate(invalid="ignore"):
+            for key, values in here.items():
+                draws.setdefault(key, []).append(np.mean(values, axis=0))
     d = {key: np.concatenate(parts) for key, parts in draws.items()}
     overall = ("auroc", "auprc", "f1", "mcc", "precision", "recall")
     return {**{key: _interval(d[None, key], CI_LEVEL) for key in overall},
@@ -270,7 +284,9 @@ class ScoreCombiner:
     Each score is first transformed: ``log1p`` when every fitting value is non-negative (reconstruction errors
     and distances are heavy-tailed; at combine time a negative value maps to -log1p(-x), so nothing is
     undefined), else ``identity``; then standardised with the mean and sd of the fitting data; then weighted by
-    ``LogisticRegression(class_weight="balanced")``. :meth:`combine` returns the decision function (higher = more
+    ``LogisticRegression(class_weight="balanced")``, with non-negative weights: every score means "higher = more
+    abnormal", so one the fit would weigh negatively (it learnt a quirk of the fitting beats, such as which patients
+    they come from) is dropped and the rest refitted. :meth:`combine` returns the decision function (higher = more
     abnormal), computed here from plain numbers, so :meth:`to_dict` / :meth:`from_dict` round-trip exactly and a
     checkpoint read with ``weights_only=True`` can hold it.
     """
@@ -306,10 +322,20 @@ class ScoreCombiner:
         moved = np.stack([TRANSFORMS[t](v) for t, v in zip(transform, values, strict=True)], axis=1)
         means, sds = moved.mean(0), moved.std(0)
         sds = np.where(sds > 0, sds, 1.0)
+        z = (moved - means) / sds
+        active = list(range(len(names)))
         model = LogisticRegression(class_weight="balanced", random_state=seed, max_iter=1000)
-        model.fit((moved - means) / sds, p)
-        return cls(names, means.tolist(), sds.tolist(), model.coef_[0].tolist(), float(model.intercept_[0]),
-                   transform)
+        while True:  # every score says "higher = more abnormal": one the fit weighs negatively is left out
+            model.fit(z[:, active], p)
+            weights = model.coef_[0]
+            if (weights >= 0).all() or len(active) == 1:
+                break
+            active = [a for a, w in zip(active, weights, strict=True) if w >= 0] or [active[int(np.argmax(weights))]]
+        coef = np.zeros(len(names))
+        coef[active] = np.maximum(weights, 0.0)
+        if not coef.any():  # the one score left is weighed negatively too: take it as it is
+            coef[active] = 1.0
+        return cls(names, means.tolist(), sds.tolist(), coef.tolist(), float(model.intercept_[0]), transform)
 
     def combine(self, scores: Mapping[str, np.ndarray]) -> np.ndarray:
         """The combined score of each beat (the logistic regression's decision function; higher = more abnormal)."""
@@ -339,24 +365,35 @@ class ScoreCombiner:
 
 
 def cross_validated_auroc(scores: Mapping[str, np.ndarray], positive: np.ndarray, folds: int = 5,
-                          seed: int = 0) -> float | None:
+                          seed: int = 0, groups: np.ndarray | None = None) -> float | None:
     """AUROC of the combination's out-of-fold decision values on these (validation) beats (StratifiedKFold): each
-    beat is scored by a combination fitted without it, so the epoch can be chosen on it. Fewer folds when the
-    rarer kind has fewer beats than ``folds``; None when it has fewer than 2."""
+    beat is scored by a combination fitted without it, so the epoch can be chosen on it. With ``groups`` (the
+    record of each beat) whole records are held out (StratifiedGroupKFold), so the combination is scored on
+    patients it was not fitted on. Fewer folds when the rarer kind has fewer beats (or groups) than ``folds``;
+    None when it has fewer than 2."""
     names = sorted(scores)
     if not names:
         raise ECGError("a score combination needs at least one score")
     values = {n: _scores(scores[n], f"{n} scores") for n in names}
     p = _positive(positive, len(values[names[0]]))
     k = min(folds, int(p.sum()), int((~p).sum()))
+    if groups is not None:
+        g = np.asarray(groups).reshape(-1)
+        k = min(k, len(np.unique(g[p])), len(np.unique(g)))
     if k < 2:
         return None
-    out = np.zeros(len(p))
-    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    for train, held in splitter.split(np.zeros(len(p)), p):
+    out = np.full(len(p), np.nan)
+    if groups is None:
+        splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(p)), p)
+    else:
+        splits = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(p)), p, g)
+    for train, held in splits:
+        if p[train].all() or not p[train].any():  # a fold whose other records hold one kind only: left unscored
+            continue
         combiner = ScoreCombiner.fit({n: v[train] for n, v in values.items()}, p[train], seed=seed)
         out[held] = combiner.combine({n: v[held] for n, v in values.items()})
-    return auroc(out, p)
+    scored = ~np.isnan(out)
+    return auroc(out[scored], p[scored])
 
 
 # ---- distribution distance ----
