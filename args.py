@@ -46,7 +46,7 @@ RUN_CONTROL = ("config", "recipe", "version", "resume", "test", "override", "all
 # flags that only a classifier reads (refused with --task anomaly), and only the anomaly task reads
 CLASSIFY_ONLY = ("criterion", "class_balance", "sampler", "threshold_metric", "label_smoothing", "augment",
                  "rr_features", "median_beat", "explain", "optimizer", "momentum", "scheduler", "step", "lr_decay",
-                 "pretrained")
+                 "pretrained", "amp", "override")
 ANOMALY_ONLY = ("normal_classes", "generate")
 EXPLAIN_METHODS = ("ig", "gradcam")  # toolbox.explain.METHODS: integrated gradients, Grad-CAM
 AGGREGATES = ("mean", "max")  # record score from its windows (loaders.dataset.RecordDataset.aggregate)
@@ -452,35 +452,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def config_flags(parser: argparse.ArgumentParser, path: Path) -> list[str]:
-    """The command-line flags that repeat the experiment of a run's config.json (its ``flags``): every flag not
-    at its default, except those that only say what to do with a run (``RUN_CONTROL``)."""
+    """The command-line flags a run's config.json records its first invocation was given (``recipe`` expanded, and
+    those of a ``--config`` it came from), except those that say what to do with a run (``RUN_CONTROL``)."""
     if path.is_dir():
         path = path / "config.json"
     try:
-        flags = json.loads(path.read_text())["flags"]
-        if not isinstance(flags, dict):
-            raise TypeError("flags is not a mapping")
+        config = json.loads(path.read_text())
+        given = config["invocations"][0]["given"]
+        if not isinstance(given, dict):
+            raise TypeError("the first invocation's flags are not a mapping")
     except OSError as exc:
         parser.error(f"--config {path}: cannot read it ({exc.strerror or exc}); give a run folder's config.json")
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
         parser.error(f"--config {path}: not a pytorch-ecg config.json ({type(exc).__name__}: {exc})")
-    defaults = vars(_defaults())
-    skip = RUN_CONTROL + (CLASSIFY_ONLY if flags.get("task") == "anomaly" else ())  # set by the task, not given
     argv: list[str] = []
     for action in parser._actions:
         dest = action.dest
-        if not action.option_strings or dest in skip or dest not in flags or dest not in defaults:
+        if not action.option_strings or dest in RUN_CONTROL or dest not in given:
             continue
-        value, default = flags[dest], defaults[dest]
-        if value == (str(default) if isinstance(default, Path) else default):
-            continue
-        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
+        value = given[dest]
+        flag = next(o for o in action.option_strings if o.startswith("--") and not o.startswith("--no-"))
         if isinstance(action, argparse.BooleanOptionalAction):
             argv.append(flag if value else f"--no-{flag[2:]}")
         elif isinstance(action, argparse._StoreTrueAction):
             argv += [flag] if value else []
         elif isinstance(value, list):
-            argv += [flag, *map(str, value)] if value else []
+            argv += [flag, *map(str, value)]
         elif value is not None:
             argv += [flag, f"{value!r}" if isinstance(value, float) else str(value)]
     return argv
@@ -500,14 +497,15 @@ def _check_task(parser: argparse.ArgumentParser, args: argparse.Namespace, given
         wrong = [name for name in CLASSIFY_ONLY if name in given]
         if wrong:
             parser.error(f"--{wrong[0].replace('_', '-')} is a classification flag; --task anomaly does not read it "
-                         f"(generative models train with their own Adam optimisers at --lr)")
+                         f"(generative models train in float32 with their own AdamW optimisers at --lr and "
+                         f"--weight-decay)")
         args.optimizer, args.scheduler, args.criterion = "adam", "none", "none"
         if "lr" not in given:
             args.lr = GENERATIVE[args.model_name]
-        if args.generate is not None and not args.resume:
-            parser.error("--generate draws from a trained run: add --resume best (or latest, or N)")
         if args.generate is not None and args.test:
             parser.error("--generate and --test are two steps: run them one after the other")
+        if args.generate is not None and not args.resume:
+            parser.error("--generate draws from a trained run: add --resume best (or latest, or N)")
         return
     if generative:
         parser.error(f"{args.model_name} is a generative model: it learns normal beats with --task anomaly; for "

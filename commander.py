@@ -485,7 +485,8 @@ def test_anomaly(args: argparse.Namespace, run_dir: Path, path: Path, state: dic
                                         float(state["threshold"]), args.bootstrap,
                                         f"{run_dir.name}\n{path.name}, epoch {state['epoch']}", groups)
     ci = metrics.get("ci") or {}
-    shown = "  ".join(f"{k.upper() if k != 'f1' else 'F1'} {metrics[k]:.4f}"
+    shown = "  ".join(f"{k.upper() if k != 'f1' else 'F1'} "
+                      + (f"{metrics[k]:.4f}" if metrics[k] is not None else "- (one kind of beat only)")
                       + (f" [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if ci.get(k) else "")
                       for k in ("auroc", "auprc", "f1", "mcc"))
     print(f"test ({path.name}, epoch {state['epoch']}, {len(labels)} beats, {metrics['abnormal_beats']} abnormal): "
@@ -507,7 +508,8 @@ def generate_run(args: argparse.Namespace, spec: DatasetSpec, run_dir: Path, pat
     if not getattr(model, "can_sample", False):
         raise ECGError(f"{args.model_name} has no prior to sample from; --generate works with vae1d, vaegan and dcgan")
     full, _ = build_data(args, spec, None)  # the same split again, with the abnormal training beats TSTR needs
-    if anomaly_task.normal_only(full, args.normal_classes).manifest["beats"] != data.manifest["beats"]:
+    if anomaly_task.split_lists(anomaly_task.normal_only(full, args.normal_classes).manifest) != \
+            anomaly_task.split_lists(data.manifest):
         raise ECGError(f"the split rebuilt from --split-seed {args.split_seed} differs from {run_dir}/splits.json "
                        f"(records changed?); --generate needs the run's own split")
     synthetic = anomaly_task.generate(model, args.generate, args.seed, device)

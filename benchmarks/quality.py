@@ -248,7 +248,7 @@ def measure(configs: list[str], seeds: list[int], root: Path, with_ensembles: bo
             if cv:  # every fold of the intra-patient split, each seed: a row over folds x seeds (no interval)
                 results = done[config] = [run_seed([*CONFIGS[config], "--folds", str(cv), "--fold", str(i)], seed,
                                                    root) for i in range(1, cv + 1) for seed in seeds]
-                head, line = row(f"{config} ({cv} folds)", results, {}, inter)
+                head, line = row(f"{config} ({cv} folds x {len(seeds)} seeds)", results, {}, inter)
                 tables.setdefault(head, []).append(line)
                 notes.append(f"python commander.py {shlex.join(CONFIGS[config])} --folds {cv} --fold I --seed S  # "
                              f"then --test; mean ± sd over {cv} folds x {len(seeds)} seeds; runs "
@@ -388,9 +388,12 @@ def main() -> None:
         p.error(f"unknown configuration(s) {', '.join(unknown)}; --list shows them")
     if not args.select and any(c.endswith(SEED_ENSEMBLE) for c in args.configs):
         p.error(f"CONFIG{SEED_ENSEMBLE} is a --select candidate; without --select, --ensemble adds those rows")
-    if args.cv is not None and (args.select or args.cv < 2 or any("inter" in CONFIGS.get(c, ["inter"])
-                                                                  for c in args.configs)):
-        p.error("--cv K (2 or more) folds the intra-patient configurations; without --select")
+    beats = ("ecg", "ecg_bin")
+    if args.cv is not None and (args.select or args.ensemble or args.cv < 2 or any(
+            "inter" in CONFIGS.get(c, ["inter"]) or commander.parse_args(CONFIGS[c]).dataset not in beats
+            for c in args.configs)):
+        p.error("--cv K (2 or more) folds the beats of intra-patient MIT-BIH configurations (ecg, ecg_bin); "
+                "without --select or --ensemble")
     command = (f"python benchmarks/quality.py {' '.join(args.configs)} --seeds {' '.join(map(str, args.seeds))}"
                + (" --ensemble" if args.ensemble else "") + (f" --select --folds {args.folds}" if args.select else "")
                + (f" --cv {args.cv}" if args.cv else ""))

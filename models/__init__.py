@@ -40,7 +40,7 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "vaegan": ("generative.VAEGAN", {}),
     "dcgan": ("generative.DCGAN", {}),
 }
-# the generative models and their default learning rate (their optimisers are their own: Adam per part)
+# the generative models and their default learning rate (their optimisers are their own: AdamW per part)
 GENERATIVE: dict[str, float] = {"ae1d": 1e-3, "vae1d": 1e-3, "beatgan": 2e-4, "vaegan": 2e-4, "dcgan": 1e-4}
 CLASSIFIERS = tuple(name for name in MODELS if name not in GENERATIVE)  # models that return logits
 

@@ -85,6 +85,11 @@ def normal_only(data: DataSplits, normal_classes: list[str] | None) -> DataSplit
     return replace(data, train=train, manifest=manifest, selection=SELECTION)
 
 
+def split_lists(manifest: dict[str, Any]) -> Any:
+    """The per-beat lists of a splits.json (MIT-BIH beats by record, or CSV rows), to compare two splits."""
+    return manifest.get("beats") or manifest.get("rows")
+
+
 def is_abnormal(labels: np.ndarray, normal: list[int]) -> np.ndarray:
     return ~np.isin(labels, normal)
 
@@ -142,6 +147,9 @@ def fit_validation(scores: dict[str, np.ndarray], labels: np.ndarray, normal: li
     threshold = anomaly.choose_threshold(combined, positive)
     folds = int(min(5, positive.sum(), (~positive).sum()))
     cv = anomaly.cross_validated_auroc(scores, positive, folds=folds, seed=seed, groups=groups)
+    metrics["auroc_held_out"] = "records" if groups is not None and cv is not None else "beats"
+    if cv is None:  # fewer than 2 validation records hold abnormal beats: hold out beats instead
+        cv = anomaly.cross_validated_auroc(scores, positive, folds=folds, seed=seed)
     metrics["auroc"] = cv if cv is not None else math.nan
     metrics["auroc_combined_in_sample"] = anomaly.auroc(combined, positive)
     metrics["auprc"] = anomaly.auprc(combined, positive)
@@ -244,24 +252,24 @@ def _train_classifier(x: np.ndarray, y: np.ndarray, classes: list[str], seed: in
 
 def tstr(synthetic: np.ndarray, train: ECGDataset, test: ECGDataset, normal: list[int], seed: int,
          device: torch.device, *, epochs: int = TSTR_EPOCHS, max_batches: int | None = None) -> dict[str, Any]:
-    """Train on synthetic, test on real: one classifier learns generated normal beats plus the real abnormal
-    training beats, another the same number of real normal training beats plus the same abnormal ones; both are
-    scored (macro-F1, per class) on the real test split."""
+    """Train on synthetic, test on real: one classifier learns generated beats (as the first normal class) plus
+    the real training beats of every other class, another the same number of real training beats of that class
+    plus the same others; both are scored (macro-F1, per class) on the real test split."""
     import trainer
     from toolbox.losses import get_criterion
 
     x, y = train.x.numpy(), train.labels.numpy()
-    normal_rows = np.flatnonzero(np.isin(y, normal))
+    label = normal[0]  # the generated beats stand for the first normal class; beats of the others stay real
+    normal_rows = np.flatnonzero(y == label)
     rng = np.random.default_rng(seed)
     real_rows = rng.choice(normal_rows, size=min(len(synthetic), len(normal_rows)), replace=False)
-    abnormal_rows = np.flatnonzero(~np.isin(y, normal))
-    label = normal[0]
-    sets = {"synthetic": (np.concatenate([synthetic, x[abnormal_rows]]),
-                          np.concatenate([np.full(len(synthetic), label), y[abnormal_rows]])),
-            "real": (np.concatenate([x[real_rows], x[abnormal_rows]]),
-                     np.concatenate([y[real_rows], y[abnormal_rows]]))}
+    other_rows = np.flatnonzero(y != label)
+    sets = {"synthetic": (np.concatenate([synthetic, x[other_rows]]),
+                          np.concatenate([np.full(len(synthetic), label), y[other_rows]])),
+            "real": (np.concatenate([x[real_rows], x[other_rows]]),
+                     np.concatenate([y[real_rows], y[other_rows]]))}
     out: dict[str, Any] = {"classifier": TSTR_MODEL, "epochs": epochs, "normal_beats": int(len(synthetic)),
-                           "real_normal_beats": int(len(real_rows)), "abnormal_beats": int(len(abnormal_rows)),
+                           "real_normal_beats": int(len(real_rows)), "other_real_beats": int(len(other_rows)),
                            "synthetic_normal_class": train.classes[label]}
     loader = make_dataloader(test, 512)
     criterion = get_criterion("crossentropy").to(device)

@@ -74,18 +74,30 @@ def test_training_sees_normal_beats_only_and_choices_come_from_validation(root: 
     assert state["best_epoch"] == best == state["epoch"]
 
 
-def test_gan_resume_is_exact_and_test_writes_pred(root: Path, capsys) -> None:
+@pytest.mark.parametrize("model,parts", [("dcgan", {"generator", "discriminator", "inverse"}),
+                                         ("vaegan", {"generator", "discriminator"})])
+def test_gan_resume_is_exact(root: Path, model: str, parts: set[str]) -> None:
+    """dcgan draws z and vaegan its reparameterisation noise from torch's generator; dcgan counts critic steps."""
     straight = root / "straight"
     shutil.copytree(root / "cache", straight / "cache")
-    assert cli(straight, "--model-name", "beatgan", "--epochs", "2") == 0
-    assert cli(root, "--model-name", "beatgan", "--epochs", "1") == 0
-    assert cli(root, "--model-name", "beatgan", "--epochs", "2", "--resume", "latest") == 0
+    assert cli(straight, "--model-name", model, "--epochs", "2") == 0
+    assert cli(root, "--model-name", model, "--epochs", "1") == 0
+    assert cli(root, "--model-name", model, "--epochs", "2", "--resume", "latest") == 0
     resumed = torch.load(only_run(root) / "checkpoint.pth.tar", weights_only=True)
     reference = torch.load(only_run(straight) / "checkpoint.pth.tar", weights_only=True)
-    assert resumed["epoch"] == 2 and set(resumed["optimizers"]) == {"generator", "discriminator"}
+    assert resumed["epoch"] == 2 and set(resumed["optimizers"]) == parts
     for k, v in reference["model"].items():
         assert torch.equal(v, resumed["model"][k]), k
+    for part in parts:
+        assert resumed["optimizers"][part]["state"].keys() == reference["optimizers"][part]["state"].keys()
+        for i, st in reference["optimizers"][part]["state"].items():
+            assert torch.equal(st["exp_avg"], resumed["optimizers"][part]["state"][i]["exp_avg"])
     assert resumed["combination"] == reference["combination"]
+    assert torch.equal(resumed["rng"]["torch"], reference["rng"]["torch"])
+
+
+def test_test_writes_pred_at_the_validation_threshold(root: Path, capsys) -> None:
+    assert cli(root, "--model-name", "beatgan", "--epochs", "1") == 0
 
     capsys.readouterr()
     assert cli(root, "--model-name", "beatgan", "--test") == 0
@@ -125,7 +137,7 @@ def test_generate_writes_samples_mmd_and_tstr(root: Path, capsys) -> None:
 
 @pytest.mark.parametrize("flags", [
     ["--dataset", "ecg", "--model-name", "cnn1d_3", "--short-run", "--scheduler", "StepLR", "--lr", "0.002",
-     "--rr-features", "--epochs", "1"],
+     "--rr-features", "--epochs", "1", "--no-amp"],
     ["--dataset", "ecg", "--task", "anomaly", "--model-name", "ae1d", "--short-run", "--epochs", "1",
      "--normal-classes", "N", "Q"],
 ])
@@ -139,10 +151,15 @@ def test_config_reruns_the_same_experiment_into_a_new_version(root: Path, flags:
     assert {k: v for k, v in a.items() if k not in ("config", "given")} == {
         k: v for k, v in b.items() if k not in ("config", "given")}
     assert b["config"] == str(first / "config.json")
-    # a flag given beside --config wins
+    # a flag given beside --config wins; so does another model, with its own defaults (not the first run's)
     assert commander.main(["--config", str(first), "--seed", "3"]) == 0
     third = json.loads((runs[0].parent / (first.name[:-1] + "3") / "config.json").read_text())["flags"]
     assert third["seed"] == 3 and third["model_name"] == a["model_name"]
+    other = "resnet1d_10_small" if a["task"] == "classify" else "beatgan"
+    assert commander.main(["--config", str(first), "--model-name", other]) == 0
+    fourth = json.loads(next((root / "ecg" / "runs").glob(f"{other}_*/config.json")).read_text())["flags"]
+    assert fourth["lr"] == a["lr"] if a["task"] == "classify" else fourth["lr"] == 2e-4
+    assert fourth["amp"] == a["amp"] and fourth["epochs"] == 1
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -166,3 +183,31 @@ def test_unknown_normal_class_and_sampling_an_autoencoder_are_one_line(root: Pat
     proc = run_cli(*SHORT, "--root-dir", str(root), "--model-name", "ae1d", "--resume", "best", "--generate", "8")
     assert "ae1d has no prior to sample from" in one_line_error(proc)
     assert not (only_run(root) / "generated").exists()
+
+
+def test_ptb_csv_layout_trains_on_its_normal_rows_only(tmp_path: Path, beats: dict) -> None:
+    """The PTB database is not among the test data: real MIT-BIH beats written in its Kaggle CSV layout
+    (ptbdb_normal.csv, ptbdb_abnormal.csv) exercise the ptb path of the anomaly task."""
+    from loaders import kaggle
+
+    folder = tmp_path / "data" / "ptbdb"
+    rng = np.random.default_rng(0)
+    normal = rng.choice(np.flatnonzero(beats["label"] == 0), 1500, replace=False)
+    abnormal = rng.choice(np.flatnonzero(beats["label"] > 0), 1500, replace=False)
+    kaggle.write_csv(folder / "ptbdb_normal.csv", beats["x"][normal], np.zeros(len(normal), np.int64))
+    kaggle.write_csv(folder / "ptbdb_abnormal.csv", beats["x"][abnormal], np.ones(len(abnormal), np.int64))
+    root = tmp_path / "root"
+    env = {"ECG_DATA_ROOT": str(tmp_path / "data")}
+    proc = run_cli("--dataset", "ptb", "--task", "anomaly", "--model-name", "ae1d", "--epochs", "1", "--short-run",
+                   "--root-dir", str(root), env=env)
+    assert proc.returncode == 0, proc.stderr
+    run = only_run(root, "ptb")
+    splits = json.loads((run / "splits.json").read_text())
+    assert splits["counts"]["train"] == {"normal": len(splits["rows"]["train"]), "abnormal": 0}
+    assert max(splits["rows"]["train"]) < 1500  # the rows of ptbdb_normal.csv come first
+    assert splits["anomaly"]["normal_classes"] == ["normal"]
+    proc = run_cli("--dataset", "ptb", "--task", "anomaly", "--model-name", "ae1d", "--short-run", "--test",
+                   "--root-dir", str(root), env=env)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(run / "pred" / "test_best_short_scores.csv")
+    assert {"row", "class", "score"} <= set(table.columns) and set(table["class"]) == {"normal", "abnormal"}

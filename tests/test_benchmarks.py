@@ -66,3 +66,24 @@ def test_cross_validation_score_pools_the_folds(tmp_path: Path) -> None:
     assert quality.members_of("inter-cnn1d_3-rr+seeds") == (["inter-cnn1d_3-rr"], True)
     assert quality.members_of("inter-cnn1d_3-rr-filtered-and-med")[1] is True
     assert quality.members_of("inter-cnn1d_3-rr") == (["inter-cnn1d_3-rr"], False)
+
+
+def test_anomaly_rows_over_seeds_and_over_intra_folds(tmp_path: Path, cache_root: Path, monkeypatch,
+                                                      capsys) -> None:
+    """Real MIT-BIH beats, short runs of ae1d: seeds give a row with the interval of the seed mean, --cv a row
+    over folds x seeds; both tested on their own split (the folds' test beats differ)."""
+    import shutil
+
+    shutil.copytree(cache_root / "cache", tmp_path / "cache")
+    tiny = ["--dataset", "ecg", "--task", "anomaly", "--model-name", "ae1d", "--short-run", "--epochs", "1"]
+    monkeypatch.setitem(quality.CONFIGS, "tiny-anomaly", tiny)
+    quality.measure(["tiny-anomaly"], [0, 1], tmp_path, False, "cmd")
+    out = capsys.readouterr().out
+    assert "| AUROC | AUPRC | F1 | MCC | AUROC S | AUROC V | AUROC F | AUROC Q |" in out
+    line = next(row for row in out.splitlines() if row.startswith("| `tiny-anomaly`"))
+    assert line.count("[") >= 4  # AUROC, AUPRC, F1, MCC with the interval of the seed mean
+    quality.measure(["tiny-anomaly"], [0], tmp_path, False, "cmd", cv=2)
+    out = capsys.readouterr().out
+    assert "`tiny-anomaly (2 folds x 1 seeds)`" in out and "--folds 2 --fold I" in out
+    folds = sorted(p.name for p in (tmp_path / "ecg" / "runs").iterdir() if "_cv" in p.name)
+    assert [f.split("_")[2] for f in folds] == ["cv1of2", "cv2of2"]
