@@ -106,8 +106,8 @@ def test_test_writes_pred_at_the_validation_threshold(root: Path, capsys) -> Non
     pred = only_run(root) / "pred"
     metrics = json.loads((pred / "test_best_short_metrics.json").read_text())
     assert {"auroc", "auprc", "f1", "mcc", "threshold", "per_class", "per_score", "ci"} <= set(metrics)
-    assert metrics["threshold"] == torch.load(only_run(root) / "model_best.pth.tar",
-                                              weights_only=True)["threshold"]
+    best = torch.load(only_run(root) / "model_best.pth.tar", weights_only=True)
+    assert metrics["threshold"] == best["threshold"]
     assert metrics["ci"]["auroc"][0] <= metrics["auroc"] <= metrics["ci"]["auroc"][1]
     table = pd.read_csv(pred / "test_best_short_scores.csv")
     assert len(table) == metrics["beats"] == 1280
