@@ -131,3 +131,17 @@ def link_mitdb(target: Path, data_root: Path, records: list[str] | None = None) 
         for ext in (".hea", ".dat", ".atr"):
             (folder / f"{rec}{ext}").symlink_to(data_root / "mitdb" / f"{rec}{ext}")
     return folder
+
+
+def write_ptb_csvs(folder: Path, beats: dict, normal: int, abnormal: int) -> None:
+    """ptbdb_normal.csv and ptbdb_abnormal.csv in ``folder`` (the Kaggle PTB layout), filled with ``normal`` real
+    MIT-BIH N beats and ``abnormal`` beats of the other classes, drawn with a fixed seed."""
+    import numpy as np
+
+    from loaders import kaggle
+
+    rng = np.random.default_rng(0)
+    rows = {"normal": rng.choice(np.flatnonzero(beats["label"] == 0), normal, replace=False),
+            "abnormal": rng.choice(np.flatnonzero(beats["label"] > 0), abnormal, replace=False)}
+    for label, (name, idx) in enumerate(rows.items()):
+        kaggle.write_csv(folder / f"ptbdb_{name}.csv", beats["x"][idx], np.full(len(idx), label, np.int64))

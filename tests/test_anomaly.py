@@ -17,7 +17,7 @@ from args import parse_args
 from loaders.dataset import make_dataloader
 from models import from_checkpoint
 from tasks import anomaly as anomaly_task
-from tests.conftest import one_line_error, run_cli
+from tests.conftest import one_line_error, run_cli, write_ptb_csvs
 from toolbox import anomaly
 
 SHORT = ["--dataset", "ecg", "--task", "anomaly", "--short-run"]
@@ -188,14 +188,7 @@ def test_unknown_normal_class_and_sampling_an_autoencoder_are_one_line(root: Pat
 def test_ptb_csv_layout_trains_on_its_normal_rows_only(tmp_path: Path, beats: dict) -> None:
     """The PTB database is not among the test data: real MIT-BIH beats written in its Kaggle CSV layout
     (ptbdb_normal.csv, ptbdb_abnormal.csv) exercise the ptb path of the anomaly task."""
-    from loaders import kaggle
-
-    folder = tmp_path / "data" / "ptbdb"
-    rng = np.random.default_rng(0)
-    normal = rng.choice(np.flatnonzero(beats["label"] == 0), 1500, replace=False)
-    abnormal = rng.choice(np.flatnonzero(beats["label"] > 0), 1500, replace=False)
-    kaggle.write_csv(folder / "ptbdb_normal.csv", beats["x"][normal], np.zeros(len(normal), np.int64))
-    kaggle.write_csv(folder / "ptbdb_abnormal.csv", beats["x"][abnormal], np.ones(len(abnormal), np.int64))
+    write_ptb_csvs(tmp_path / "data" / "ptbdb", beats, 1500, 1500)
     root = tmp_path / "root"
     env = {"ECG_DATA_ROOT": str(tmp_path / "data")}
     proc = run_cli("--dataset", "ptb", "--task", "anomaly", "--model-name", "ae1d", "--epochs", "1", "--short-run",

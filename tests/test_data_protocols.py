@@ -16,7 +16,7 @@ import pytest
 import commander
 from loaders import download, kaggle, mitdb
 from loaders.export_csv import export
-from tests.conftest import link_mitdb, one_line_error, run_cli
+from tests.conftest import link_mitdb, one_line_error, run_cli, write_ptb_csvs
 from toolbox.utils import ECGError
 
 SHORT = ["--model-name", "cnn1d_3", "--short-run", "--epochs", "1"]
@@ -71,12 +71,7 @@ def test_a_rewritten_csv_builds_a_new_cache(tmp_path: Path, beats: dict, caplog)
 
 
 def test_ptb_trains_on_ptbdb_csvs(tmp_path: Path, beats: dict, capsys) -> None:
-    folder = tmp_path / "data" / "ptbdb"
-    rng = np.random.default_rng(0)
-    normal = rng.choice(np.flatnonzero(beats["label"] == 0), 1500, replace=False)
-    abnormal = rng.choice(np.flatnonzero(beats["label"] > 0), 3000, replace=False)
-    kaggle.write_csv(folder / "ptbdb_normal.csv", beats["x"][normal], np.zeros(len(normal), np.int64))
-    kaggle.write_csv(folder / "ptbdb_abnormal.csv", beats["x"][abnormal], np.ones(len(abnormal), np.int64))
+    write_ptb_csvs(tmp_path / "data" / "ptbdb", beats, 1500, 3000)
     root = tmp_path / "root"
     proc = run_cli("--dataset", "ptb", *SHORT, "--root-dir", str(root), env={"ECG_DATA_ROOT": str(tmp_path / "data")})
     assert proc.returncode == 0, proc.stderr
