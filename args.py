@@ -39,15 +39,19 @@ RECORD_AUGMENTATIONS = {"cutmix": "a beat is one heartbeat whose class lies in i
                                   "samples; use mixup",
                         "leadwander": "a beat has one lead (and its median beat is drawn from it); use wander"}
 THRESHOLD_OBJECTIVES = ("f1", "challenge")
-TASKS = ("classify", "anomaly")  # what a run learns (tasks/: anomaly.py; classification is commander + trainer)
+TASKS = ("classify", "anomaly", "pretrain")  # what a run learns (tasks/: anomaly.py, pretrain.py; classification is
+# commander + trainer)
+PRETEXTS = ("masked", "contrastive", "flip")  # tasks.pretrain.PRETEXTS (tests/test_args.py checks they agree)
 # flags --config does not replay: they say what to do with a run, not what the run is
 RUN_CONTROL = ("config", "recipe", "version", "resume", "test", "override", "allow_world_size_change", "start_epoch",
                "explain", "explain_method", "generate", "bootstrap")
 # flags that only a classifier reads (refused with --task anomaly), and only the anomaly task reads
 CLASSIFY_ONLY = ("criterion", "class_balance", "sampler", "threshold_metric", "label_smoothing", "augment",
                  "rr_features", "median_beat", "explain", "optimizer", "momentum", "scheduler", "step", "lr_decay",
-                 "pretrained", "amp", "override")
+                 "pretrained", "amp", "override", "freeze_encoder", "freeze_epochs", "linear_probe", "label_fraction")
 ANOMALY_ONLY = ("normal_classes", "generate")
+PRETRAIN_ONLY = ("pretext", "transductive")
+PRETRAIN_LR = 1e-3  # the pretext tasks' AdamW learning rate unless --lr is given
 EXPLAIN_METHODS = ("ig", "gradcam")  # toolbox.explain.METHODS: integrated gradients, Grad-CAM
 AGGREGATES = ("mean", "max")  # record score from its windows (loaders.dataset.RecordDataset.aggregate)
 STANDARDIZE = ("global", "lead")  # loaders.dataset.fit_standardizer
@@ -133,6 +137,17 @@ FRACTION = number(float, low=0, high=1, what="at least 0 and below 1")
 FACTOR = number(float, low=0, high=1, low_open=True, high_open=False, what="above 0 and at most 1")
 
 
+def dataset_names(text: str) -> str:
+    """Argument type of ``--dataset``: one name of ``DATASETS``, or several joined by commas (pooled pretraining)."""
+    names = text.split(",")
+    for name in names:
+        if name not in DATASETS:
+            raise argparse.ArgumentTypeError(f"invalid choice: '{name}' (choose from {', '.join(DATASETS)})")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"'{text}' names a dataset twice")
+    return text
+
+
 def url(text: str) -> str:
     """Argument type: an http(s):// or file:// URL."""
     if not re.match(r"(https?|file)://\S+$", text):
@@ -156,12 +171,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     sources = ", ".join(s.removeprefix("source-") for s in DATASETS["cinc2020"].splits[1:])
 
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="ecg", choices=list(DATASETS),
+    g.add_argument("--dataset", default="ecg", type=dataset_names, metavar="{" + ",".join(DATASETS) + "}",
                    help="ecg: MIT-BIH beats, 5 AAMI classes (N S V F Q); ecg_bin: N versus the rest; "
                         "ptb: PTB Diagnostic beats (Kaggle CSVs), normal versus abnormal; cinc2020: "
                         "PhysioNet/CinC Challenge 2020 twelve-lead records, 24 scored classes, multi-label; "
                         "cinc2021: the same records scored as in the 2021 Challenge (26 classes, its reward table); "
-                        "ptbxl: PTB-XL twelve-lead records in the label sets of its benchmark (--labels), multi-label")
+                        "ptbxl: PTB-XL twelve-lead records in the label sets of its benchmark (--labels), multi-label; "
+                        "--task pretrain pools record datasets given with commas, e.g. cinc2020,ptbxl")
     g.add_argument("--root-dir", default=Path("ecg_data"), type=Path,
                    help="where runs and caches are written; raw databases are read from $ECG_DATA_ROOT/<db> "
                         "when that is set, else from <root-dir>/<db>")
@@ -249,14 +265,35 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-classes", default=None, type=POSITIVE_INT,
                    help="number of classes; derived from the dataset, an error if it disagrees")
     g.add_argument("--pretrained", default=None, type=Path, metavar="PATH",
-                   help="initialise the model with the weights of this checkpoint (fine-tuning; nothing else); "
-                        "the run's name ends in _ft, and --resume or --test of it take the same flag")
+                   help="initialise the model from this checkpoint or run folder (its model_best.pth.tar): all "
+                        "weights of a run of the same model and classes, else the encoder (every tensor but the "
+                        "head) of a --task pretrain run or another classifier, reporting what was loaded and what "
+                        "is new; the run's name ends in _ft, and --resume or --test of it take the same flag")
+    g.add_argument("--freeze-encoder", action="store_true",
+                   help="with --pretrained: train the head only; the encoder's weights stay as loaded")
+    g.add_argument("--freeze-epochs", default=None, type=POSITIVE_INT, metavar="N",
+                   help="with --pretrained: train the head only for the first N epochs, then everything")
+    g.add_argument("--linear-probe", action="store_true",
+                   help="with --pretrained: --freeze-encoder with the encoder also in evaluation mode (batch-norm "
+                        "statistics fixed, no dropout): the head learns on fixed features")
 
     g = p.add_argument_group("task")
     g.add_argument("--task", default="classify", choices=list(TASKS),
                    help="classify: a classifier learns the labels; anomaly: a generative model "
                         f"({', '.join(GENERATIVE)}) learns the normal beats of a beat dataset (training sees them "
-                        "only) and scores how abnormal each beat is (docs/anomaly.md)")
+                        "only) and scores how abnormal each beat is (docs/anomaly.md); pretrain: a classifier's "
+                        "encoder learns a pretext task (--pretext) from unlabelled signal, for --pretrained "
+                        "(docs/pretraining.md)")
+    g.add_argument("--label-fraction", default=None, type=FACTOR, metavar="F",
+                   help="--task classify: train on this fraction of the training split, drawn per class (multi-label: "
+                        "per rarest label) with --seed; validation and test are unchanged (label-efficiency studies)")
+    g.add_argument("--pretext", default="masked", choices=list(PRETEXTS),
+                   help="--task pretrain: masked (reconstruct masked segments), contrastive (two augmented views of "
+                        "each example, NT-Xent) or flip (which leads were sign-flipped and whether time was "
+                        "reversed: transformation recognition, the baseline); docs/pretraining.md")
+    g.add_argument("--transductive", action="store_true",
+                   help="--task pretrain: also learn from the test split's signal (unlabelled); splits.json marks "
+                        "the run, and results that use it must say so")
     g.add_argument("--normal-classes", default=None, nargs="+", metavar="CLASS",
                    help="--task anomaly: the classes counted normal (default: the first class, N for ecg and "
                         "ecg_bin, normal for ptb)")
@@ -377,7 +414,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args = parser.parse_args(argv)
     args.given = given_flags(parser, argv)
     given = set(args.given)
-    spec = DATASETS[args.dataset]
+    args.pool = args.dataset.split(",")
+    spec = DATASETS[args.pool[0]]
+    _check_pool(parser, args, given)
     _check_task(parser, args, given)
     if args.sampler and args.class_balance:
         parser.error("--sampler and --class-balance both rebalance classes; use one of them")
@@ -393,8 +432,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.version = "latest" if (args.resume or args.test) else "bump"
     if args.version == "bump" and args.resume:
         parser.error("--version bump makes a new run; --resume and --test need latest or a number")
+    if args.pretrained is not None and args.pretrained.is_dir():  # a run folder: its best checkpoint
+        args.pretrained = args.pretrained / "model_best.pth.tar"
     if args.pretrained is not None and not args.resume and not args.pretrained.is_file():
         parser.error(f"--pretrained {args.pretrained}: no such file")
+    frozen = [f for f, on in (("--freeze-encoder", args.freeze_encoder), ("--linear-probe", args.linear_probe),
+                              ("--freeze-epochs", args.freeze_epochs is not None)) if on]
+    if len(frozen) > 1:
+        parser.error(f"{frozen[0]} and {frozen[1]} both say how long the encoder stays frozen; use one of them")
+    if frozen and args.pretrained is None:
+        parser.error(f"{frozen[0]} freezes a pretrained encoder: add --pretrained RUN_DIR (a --task pretrain run)")
     for flag, on in (("--rr-features", args.rr_features), ("--beat-format", args.beat_format != "kaggle"),
                      ("--median-beat", args.median_beat), ("--folds", args.folds is not None)):
         if on and spec.db != "mitdb":
@@ -406,6 +453,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     elif args.split not in spec.splits:
         parser.error(f"--split {args.split} is not a split of --dataset {args.dataset}; "
                      f"valid: {', '.join(spec.splits)}")
+    if len(args.pool) > 1:  # each pooled dataset keeps its own default split
+        args.split = "pooled"
     if "labels" in given and not spec.label_sets:
         parser.error(f"--labels picks a PTB-XL label set (--dataset ptbxl), not labels of {args.dataset}")
     if "leads" in given and not spec.lead_sets:
@@ -416,7 +465,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.fs = args.fs or spec.fs
         args.criterion = args.criterion or "bce"
         args.threshold_metric = args.threshold_metric or default_threshold_metric(args.dataset)
-        if args.criterion != "bce":
+        if args.criterion != "bce" and args.task != "pretrain":
             parser.error(f"--dataset {args.dataset} is multi-label: use --criterion bce, not {args.criterion}")
         if args.sampler:
             parser.error(f"--sampler draws single-label classes; for --dataset {args.dataset} use --class-balance")
@@ -483,10 +532,47 @@ def config_flags(parser: argparse.ArgumentParser, path: Path) -> list[str]:
     return argv
 
 
+def _check_pool(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set[str]) -> None:
+    """Several datasets (comma-separated) are pooled for --task pretrain only, and only records with records."""
+    if len(args.pool) == 1:
+        return
+    if "split" in given:
+        parser.error(f"--dataset {args.dataset}: pooled datasets each keep their own default split (the test "
+                     f"records they leave out are listed in splits.json); leave out --split")
+    if args.task != "pretrain":
+        parser.error(f"--dataset {args.dataset}: several datasets are pooled for --task pretrain only (labels of "
+                     f"different databases do not mix); train a classifier on one of them")
+    if not all(DATASETS[n].multilabel for n in args.pool):
+        records = ", ".join(n for n, d in DATASETS.items() if d.multilabel)
+        parser.error(f"--dataset {args.dataset}: only the record datasets ({records}) pool (their windows share "
+                     f"--fs, --seq-len and the twelve leads); pretrain on beats one dataset at a time")
+    dbs = [DATASETS[n].db for n in args.pool]
+    if len(set(dbs)) != len(dbs):
+        parser.error(f"--dataset {args.dataset}: cinc2020 and cinc2021 are the same records; pool one of them")
+
+
 def _check_task(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set[str]) -> None:
     """A generative model goes with --task anomaly and a beat dataset; flags the task would not read are refused."""
-    spec = DATASETS[args.dataset]
+    spec = DATASETS[args.pool[0]]
     generative = args.model_name in GENERATIVE
+    if args.task == "pretrain":
+        if generative:
+            parser.error(f"--task pretrain trains the encoder of a classifier ({', '.join(CLASSIFIERS[:4])}, ...); "
+                         f"{args.model_name} is a generative model (--task anomaly)")
+        wrong = [name for name in (*CLASSIFY_ONLY, *ANOMALY_ONLY) if name in given]
+        if wrong:
+            parser.error(f"--{wrong[0].replace('_', '-')} is not read by --task pretrain (it ignores labels and "
+                         f"trains the encoder and its pretext head with AdamW at --lr and --weight-decay)")
+        if args.test:
+            parser.error("--task pretrain has no test step; use the run with --pretrained RUN_DIR to fine-tune a "
+                         "classifier, and test that")
+        args.optimizer, args.scheduler, args.criterion = "adamw", "none", "none"
+        if "lr" not in given:
+            args.lr = PRETRAIN_LR
+        return
+    wrong = [name for name in PRETRAIN_ONLY if name in given]
+    if wrong:
+        parser.error(f"--{wrong[0].replace('_', '-')} is for --task pretrain")
     if args.task == "anomaly":
         if spec.multilabel:
             beats = ", ".join(n for n, d in DATASETS.items() if not d.multilabel)
@@ -516,7 +602,7 @@ def _check_task(parser: argparse.ArgumentParser, args: argparse.Namespace, given
 
 
 def default_threshold_metric(dataset: str) -> str:
-    return "challenge" if DATASETS[dataset].lead_sets else "f1"
+    return "challenge" if DATASETS[dataset.split(",")[0]].lead_sets else "f1"
 
 
 def _check_folds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -531,7 +617,7 @@ def _check_folds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
 def _check_preprocess(parser: argparse.ArgumentParser, args: argparse.Namespace, given: set[str]) -> None:
     """``--preprocess`` steps put in the order they are applied, and refused where they do not apply."""
-    spec = DATASETS[args.dataset]
+    spec = DATASETS[args.pool[0]]
     args.preprocess = [s for s in PREPROCESS_STEPS if s in args.preprocess]
     if "bandpass" in given and "bandpass" not in args.preprocess:
         parser.error("--bandpass sets the edges of --preprocess bandpass; add bandpass to --preprocess")
@@ -620,6 +706,8 @@ def name_parts(args: argparse.Namespace) -> list[str]:
         parts.append(f"ss{args.split_seed}")
     if args.task == "anomaly":
         return parts + _anomaly_parts(args, d)
+    if args.task == "pretrain":
+        return parts + _pretrain_parts(args, d)
     parts += [args.optimizer, f"lr{args.lr:g}"]
     if args.optimizer == "sgd" and args.momentum != d.momentum:
         parts.append(f"mom{args.momentum:g}")
@@ -659,8 +747,37 @@ def name_parts(args: argparse.Namespace) -> list[str]:
         parts.append("aug-" + "+".join(args.augment))
     if args.label_smoothing:
         parts.append(f"ls{args.label_smoothing:g}")
+    if args.label_fraction is not None:
+        parts.append(f"labels{args.label_fraction:g}")
     if args.pretrained is not None:
         parts.append("ft")
+    if args.linear_probe:
+        parts.append("probe")
+    elif args.freeze_encoder:
+        parts.append("frozen")
+    elif args.freeze_epochs is not None:
+        parts.append(f"frozen{args.freeze_epochs}")
+    return parts
+
+
+def _pretrain_parts(args: argparse.Namespace, d: argparse.Namespace) -> list[str]:
+    """The run-name parts of a pretraining run after model, split and folds."""
+    parts = ["pretrain", args.pretext, f"lr{args.lr:g}"]
+    if args.weight_decay != d.weight_decay:
+        parts.append(f"wd{args.weight_decay:g}")
+    parts.append(f"bs{args.batch_size}")
+    if args.fs is not None:
+        parts.append(f"{args.fs}hz-{args.seq_len:g}s")
+    if args.standardize is not None:
+        parts.append(f"std-{args.standardize}")
+    if args.leads != d.leads:
+        parts.append(f"leads{args.leads}")
+    if args.beat_format != d.beat_format:
+        parts.append(f"beats-{args.beat_format}")
+    if args.preprocess:
+        parts.append(f"pre-{preprocess_tag(args.preprocess, args.bandpass)}")
+    if args.transductive:
+        parts.append("transductive")
     return parts
 
 
@@ -688,20 +805,21 @@ def run_name(args: argparse.Namespace) -> str:
 NAMING = ("root_dir", "task", "model_name", "split", "folds", "fold", "split_seed", "fs", "seq_len", "standardize",
           "aggregate", "leads", "labels",
           "optimizer", "lr", "momentum", "weight_decay", "batch_size", "scheduler", "step", "lr_decay", "criterion",
-          "class_balance", "sampler", "threshold_metric", "label_smoothing", "beat_format", "pretrained")
-SWITCHES = ("median_beat", "rr_features")
+          "class_balance", "sampler", "threshold_metric", "label_smoothing", "beat_format", "pretrained",
+          "label_fraction", "freeze_epochs", "pretext")
+SWITCHES = ("median_beat", "rr_features", "freeze_encoder", "linear_probe", "transductive")
 
 
 def naming_flags(args: argparse.Namespace) -> list[str]:
     """The command-line flags that name this run (those not at their dataset's or recipe's defaults), for
     printed hints."""
-    defaults = parse_args(["--dataset", args.dataset, *(["--recipe", args.recipe] if args.recipe else [])])
+    defaults = parse_args(["--dataset", args.pool[0], *(["--recipe", args.recipe] if args.recipe else [])])
     flags = ["--recipe", args.recipe] if args.recipe else []
     if args.dataset != defaults.dataset or ("dataset" in args.given and not args.recipe):
         flags += ["--dataset", args.dataset]
     for name in NAMING:
         value = getattr(args, name)
-        if args.task == "anomaly" and name in CLASSIFY_ONLY:  # set by the task
+        if args.task in ("anomaly", "pretrain") and name in CLASSIFY_ONLY:  # set by the task
             continue
         if value is not None and value != getattr(defaults, name):
             flags += [f"--{name.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]

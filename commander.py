@@ -39,11 +39,19 @@ from args import (
 )
 from loaders import DatasetSpec, get_loader, raw_dir
 from loaders.cinc2020 import write_outputs
-from loaders.dataset import DataSplits, check_standardization, make_dataloader, with_record_options
+from loaders.dataset import (
+    DataSplits,
+    PooledDataset,
+    check_standardization,
+    label_subset,
+    make_dataloader,
+    with_record_options,
+)
 from loaders.preprocess import Preprocess
 from models import constructor_args, get_model
 from tasks import anomaly as anomaly_task
-from toolbox import checkpoint, distributed, explain
+from tasks import pretrain as pretrain_task
+from toolbox import checkpoint, distributed, explain, transfer
 from toolbox.augment import Augmenter
 from toolbox.distributed import ALONE, Processes
 from toolbox.logger import RunLogger, save_multilabel_predictions, save_predictions
@@ -103,8 +111,8 @@ def run(args: argparse.Namespace, procs: Processes = ALONE) -> tuple[int, Path]:
     ``procs``: this process's place under torchrun (alone by default).
     """
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    spec = get_loader(args.dataset)
-    runs_dir = args.root_dir / args.dataset / "runs"
+    spec = get_loader(args.pool[0])
+    runs_dir = args.root_dir / args.dataset.replace(",", "+") / "runs"
     run_dir = select_run(runs_dir, run_name(args), args.version, existing=args.resume is not None, args=args)
     if procs.main:
         ensure_writable(args.root_dir, "--root-dir")
@@ -113,6 +121,8 @@ def run(args: argparse.Namespace, procs: Processes = ALONE) -> tuple[int, Path]:
     device = setup_env(args.seed + procs.rank, args.disable_cuda, procs.local_rank)
     distributed.start(procs, device.type == "cuda")
 
+    if args.task == "pretrain":
+        return pretrain_run(args, runs_dir, run_dir, state, path, device, procs)
     if procs.local_rank:  # one process per machine builds the caches; the others then read them
         distributed.barrier()
     data, raw = build_data(args, spec, run_dir)
@@ -127,12 +137,15 @@ def run(args: argparse.Namespace, procs: Processes = ALONE) -> tuple[int, Path]:
         print(f"{args.dataset} ({data.manifest['database']}, {data.manifest['protocol']} split): "
               f"examples per class and split\n{data.counts_table()}")
 
+    if args.label_fraction is not None:
+        data = label_subset(data, args.label_fraction, args.seed)
     shape = constructor_args(args.model_name, data.in_channels, len(data.classes), data.feature_channels)
     model = get_model(args.model_name, data.in_channels, len(data.classes), data.feature_channels).to(device)
-    for loaded, where in ((state, path), (pretrained, args.pretrained)):
-        if loaded is not None:
-            checkpoint.check_compatible(loaded, where, **shape)
-            checkpoint.load_weights(loaded, where, model)
+    if state is not None:
+        checkpoint.check_compatible(state, path, **shape)
+        checkpoint.load_weights(state, path, model)
+    elif pretrained is not None:
+        load_pretrained(pretrained, args.pretrained, shape, model, procs)
     weight = None
     if args.class_balance and data.multilabel:
         weight = positive_weights(data.train.class_counts(), len(data.train.labels), args.class_balance)
@@ -143,6 +156,22 @@ def run(args: argparse.Namespace, procs: Processes = ALONE) -> tuple[int, Path]:
     if args.test:
         return test_run(args, run_dir, path, state, model, criterion, data, device, task, procs), run_dir
     return train_run(args, runs_dir, run_dir, state, path, shape, model, criterion, data, device, raw, task, procs)
+
+
+def load_pretrained(state: dict[str, Any], where: Path, shape: dict[str, Any], model: torch.nn.Module,
+                    procs: Processes = ALONE) -> None:
+    """--pretrained: every weight of a checkpoint of this very model (same classes), else the encoder of a
+    pretraining run or of another classifier (toolbox.transfer), saying what was loaded and what is new."""
+    same = state.get("task", "classify") != "pretrain" and all(
+        state.get(k, 0 if k == "feature_channels" else None) == v for k, v in shape.items())
+    if same:
+        checkpoint.load_weights(state, where, model)
+        if procs.main:
+            print(f"loaded every weight of {where} (epoch {state['epoch']})")
+        return
+    report = transfer.load_encoder(model, shape["model_name"], state, str(where))
+    if procs.main:
+        print(report.summary())
 
 
 def launcher(procs: Processes) -> str:
@@ -175,10 +204,13 @@ def open_checkpoint(run_dir: Path, args: argparse.Namespace,
     return state, path
 
 
-def build_data(args: argparse.Namespace, spec: DatasetSpec, run_dir: Path | None) -> tuple[DataSplits, Path]:
-    """The dataset's splits (those of the run's splits.json when it has one) and the raw folder they come from."""
+def build_data(args: argparse.Namespace, spec: DatasetSpec, run_dir: Path | None,
+               manifest: dict[str, Any] | None = None) -> tuple[DataSplits, Path]:
+    """The dataset's splits (those of the run's splits.json when it has one, or of ``manifest``) and the raw
+    folder they come from."""
     splits_file = run_dir / "splits.json" if run_dir is not None else None
-    manifest = read_json(splits_file) if splits_file is not None and splits_file.is_file() else None
+    if splits_file is not None and splits_file.is_file():
+        manifest = read_json(splits_file)
     raw = raw_dir(spec.db, args.root_dir)
     extra: dict[str, Any] = {"fs": args.fs, "seq_len": args.seq_len} if spec.multilabel else {}
     if spec.lead_sets:
@@ -376,12 +408,15 @@ def train_run(args: argparse.Namespace, runs_dir: Path, run_dir: Path | None, st
     version = run_dir.name.rsplit("_", 1)[1]
     batch_scheduler = scheduler if args.scheduler in PER_BATCH else None
     augment = Augmenter(args.augment, data.signal_channels, len(data.classes)) if args.augment else None
+    freezer = frozen_encoder(args, model, procs)
     parameters = sum(p.numel() for p in model.parameters())
     where = f"{device}" + (f", {procs.world} processes" if procs.several else "")
     print(f"run {run_dir}: {args.model_name} ({parameters:,} parameters) on {where}, "
           f"{len(data.train)} train / {len(data.val)} val examples, epochs {start_epoch + 1}-{args.epochs}")
     try:
         for epoch in range(start_epoch + 1, args.epochs + 1):
+            if freezer is not None:
+                set_frozen(freezer, args, epoch, epoch == start_epoch + 1 and procs.main)
             tr = trainer.train(net, train_loader, criterion, optimizer, device, epoch, data.classes,
                                batch_scheduler=batch_scheduler, amp=args.amp, max_batches=max_batches,
                                multilabel=data.multilabel, augment=augment, progress=procs.main)
@@ -424,6 +459,31 @@ def train_run(args: argparse.Namespace, runs_dir: Path, run_dir: Path | None, st
           f"the test split with:\n"
           f"  python commander.py {' '.join(hint)}")
     return 0, run_dir
+
+
+def frozen_encoder(args: argparse.Namespace, model: torch.nn.Module,
+                   procs: Processes = ALONE) -> transfer.Freezer | None:
+    """The encoder's freezer when --freeze-encoder, --freeze-epochs or --linear-probe asks for one."""
+    if not (args.freeze_encoder or args.linear_probe or args.freeze_epochs):
+        return None
+    if procs.several:
+        raise ECGError("--freeze-encoder, --freeze-epochs and --linear-probe run in one process; start the run "
+                       "with python commander.py")
+    return transfer.Freezer(model, eval_mode=args.linear_probe)
+
+
+def set_frozen(freezer: transfer.Freezer, args: argparse.Namespace, epoch: int, say: bool) -> None:
+    """Freeze the encoder for this epoch, or train it again once --freeze-epochs have passed (``say``: print the
+    state, as on the first epoch of an invocation)."""
+    if args.freeze_encoder or args.linear_probe or epoch <= args.freeze_epochs:
+        count = freezer.freeze()
+        if say:
+            print(f"encoder frozen ({count:,} parameters" + (", in evaluation mode" if args.linear_probe else "")
+                  + (f") until epoch {args.freeze_epochs}" if args.freeze_epochs else ") for every epoch"))
+        return
+    freezer.unfreeze()
+    if say or epoch == args.freeze_epochs + 1:
+        print(f"epoch {epoch}: the whole model trains (the encoder was frozen until epoch {args.freeze_epochs})")
 
 
 def save_epoch(run_dir: Path, logger: RunLogger, epoch: int, tr: dict[str, Any], val: dict[str, Any],
@@ -624,6 +684,118 @@ def train_anomaly(args: argparse.Namespace, runs_dir: Path, run_dir: Path | None
     hint = naming_flags(args) + ["--test", "--resume", "best", "--version", version]
     print(f"best validation AUROC {best_score:.4f} at epoch {best_epoch}; evaluate it on the test split with:\n"
           f"  python commander.py {' '.join(hint)}")
+    return 0, run_dir
+
+
+# ---- --task pretrain: a classifier's encoder learns a pretext task from unlabelled signal (tasks/pretrain.py) ----
+
+def pretrain_data(args: argparse.Namespace, run_dir: Path | None) -> tuple[PooledDataset, PooledDataset,
+                                                                           dict[str, Any], dict[str, str]]:
+    """The pooled training and validation examples of every --dataset (the test split's too with --transductive),
+    the manifest for splits.json (each dataset's own, and the records pretraining used) and the raw folders."""
+    saved = read_json(run_dir / "splits.json") if run_dir is not None and (run_dir / "splits.json").is_file() else {}
+    train, val, manifests, raws = [], [], {}, {}
+    used: dict[str, list[str]] = {}
+    held: dict[str, list[str]] = {}
+    for name in args.pool:
+        spec = get_loader(name)
+        own = argparse.Namespace(**{**vars(args), "split": spec.splits[0] if len(args.pool) > 1 else args.split})
+        data, raw = build_data(own, spec, None, (saved.get("pool") or {}).get(name))
+        train += [data.train, data.test] if args.transductive else [data.train]
+        val.append(data.val)
+        manifests[name], raws[name] = data.manifest, str(raw.resolve())
+        parts = ("train", "val", "test") if args.transductive else ("train", "val")
+        used[name] = sorted({r for part in parts for r in split_records(data.manifest, part)})
+        held[name] = split_records(data.manifest, "test")
+    manifest = {"database": "+".join(m["database"] for m in manifests.values()), "protocol": args.split,
+                "pool": manifests, "pretrain": {
+                    "records": used, "test_records": held, "transductive": args.transductive,
+                    "note": ("the test split's signal (not its labels) was used: results built on this run are "
+                             "transductive" if args.transductive else
+                             "training and validation examples only; no example of a test split")}}
+    names = [f"{n}/{part}" for n in args.pool for part in (("train", "test") if args.transductive else ("train",))]
+    return PooledDataset(train, names), PooledDataset(val, list(args.pool)), manifest, raws
+
+
+def split_records(manifest: dict[str, Any], part: str) -> list[str]:
+    """The record ids of split ``part`` in a dataset's manifest (MIT-BIH lists them under "records")."""
+    ids = manifest["records"][part] if isinstance(manifest.get("records"), dict) else manifest[part]
+    return [str(r) for r in ids]
+
+
+def pretrain_run(args: argparse.Namespace, runs_dir: Path, run_dir: Path | None, state: dict[str, Any] | None,
+                 path: Path | None, device: torch.device, procs: Processes = ALONE) -> tuple[int, Path]:
+    """Pretrain the encoder of --model-name on --pretext; keep the epoch of the lowest validation pretext loss."""
+    if procs.several:
+        raise ECGError("--task pretrain runs in one process; start it with python commander.py")
+    train, val, manifest, raws = pretrain_data(args, run_dir)
+    shape = {"model_name": args.model_name, "in_channels": train.in_channels, "length": train.length,
+             "pretext": args.pretext}
+    model = pretrain_task.build_pretext(args.model_name, train.in_channels, train.length, args.pretext).to(device)
+    if state is not None:
+        checkpoint.check_compatible(state, path, **shape)
+        checkpoint.load_weights(state, path, model)
+    max_batches = SHORT_RUN_BATCHES if args.short_run else None
+    generator = torch.Generator().manual_seed(args.seed)
+    train_loader = make_dataloader(train, args.batch_size, shuffle=True, workers=args.workers, generator=generator)
+    val_loader = make_dataloader(val, args.batch_size, workers=args.workers)
+    optimizers = model.make_optimizers(args.lr, args.weight_decay)
+    start_epoch, best_score, best_epoch = 0, -math.inf, 0
+    if state is not None:
+        checkpoint.restore_optimizers(state, path, optimizers, generator)
+        start_epoch = state["epoch"]
+        best_score, best_epoch = state.get("best_score", -math.inf), state.get("best_epoch", 0)
+    if run_dir is None:
+        run_dir = claim_run(runs_dir, run_name(args))
+    ensure_writable(run_dir, "the run folder")
+    remove_temporaries(run_dir)
+    parameters = sum(p.numel() for p in model.parameters())
+    record_invocation(run_dir, args, "resume" if state is not None else "train", world_size=1, first={
+        "run": run_dir.name, "command": sys.argv, "flags": flags(args),
+        "dataset": {"datasets": args.pool, "in_channels": train.in_channels, "length": train.length,
+                    "raw_dir": raws},
+        "model": {**shape, "parameters": parameters}})
+    if not (run_dir / "splits.json").exists():
+        write_json(run_dir / "splits.json", manifest)
+    logger = RunLogger(run_dir, args.tensorboard, start_epoch)
+    version = run_dir.name.rsplit("_", 1)[1]
+    sources = ", ".join(f"{n} {len(p)}" for n, p in zip(train.names, train.parts, strict=True))
+    print(f"run {run_dir}: {args.pretext} pretraining of the {args.model_name} encoder ({parameters:,} parameters "
+          f"with the pretext head) on {device}, {len(train)} unlabelled training examples of {train.in_channels} "
+          f"leads x {train.length} samples ({sources}), {len(val)} validation examples, epochs "
+          f"{start_epoch + 1}-{args.epochs}")
+    try:
+        for epoch in range(start_epoch + 1, args.epochs + 1):
+            tr = trainer.train_generative(model, train_loader, optimizers, device, epoch, max_batches=max_batches)
+            val_scores = trainer.evaluate_pretext(model, val_loader, device, seed=args.seed, max_batches=max_batches)
+            score = -val_scores["loss"] if math.isfinite(val_scores["loss"]) else -math.inf
+            is_best = score > best_score or best_epoch == 0
+            if is_best:
+                best_score, best_epoch = score, epoch
+            logger.log_epoch(epoch, "train", tr)
+            logger.log_epoch(epoch, "val", val_scores)
+            checkpoint.save({"epoch": epoch, "task": "pretrain", **shape, "model": model.state_dict(),
+                             "encoder": pretrain_task.encoder_state(model),
+                             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                             "best_score": best_score, "best_epoch": best_epoch, "selection": "-val loss",
+                             "args": flags(args), "overrides": {}, "rng": checkpoint.rng_state(generator),
+                             "world_size": 1}, run_dir, is_best=is_best)
+            parts = " ".join(f"{k} {v:.4f}" for k, v in tr.items() if k not in ("lr", "seconds"))
+            shown = " ".join(f"{k} {v:.4f}" for k, v in val_scores.items() if k != "seconds")
+            print(f"epoch {epoch:>3}/{args.epochs}  train {parts} | val {shown} | "
+                  f"{tr['seconds'] + val_scores['seconds']:.1f} s{'  *best' if is_best else ''}", flush=True)
+    except KeyboardInterrupt:
+        again = ["--resume", "latest"] if (run_dir / checkpoint.LAST).exists() else []
+        resume = naming_flags(args) + ["--epochs", str(args.epochs), *again, "--version", version]
+        print(f"commander.py: interrupted; checkpoints of complete epochs are kept; continue with: "
+              f"python commander.py {' '.join(resume)}", file=sys.stderr)
+        return 130, run_dir
+    finally:
+        logger.close()
+    print(f"best validation {args.pretext} loss {-best_score:.4f} at epoch {best_epoch}; fine-tune a classifier "
+          f"from it with:\n  python commander.py --dataset {args.pool[0]}"
+          + ("" if len(args.pool) > 1 else f" --split {args.split}")
+          + f" --model-name {args.model_name} --pretrained {run_dir}")
     return 0, run_dir
 
 

@@ -251,3 +251,22 @@ def anomaly_scores(model: nn.Module, loader: DataLoader, device: torch.device, *
     names = list(done[0][0])
     return ({k: torch.cat([d[0][k] for d in done]).numpy() for k in names},
             torch.cat([d[1] for d in done]).numpy())
+
+
+def evaluate_pretext(model: nn.Module, loader: DataLoader, device: torch.device, *, seed: int,
+                     max_batches: int | None = None, progress: bool = True) -> dict[str, float]:
+    """A pretext model's validation scores (its ``evaluate``: "loss" first), example-weighted over the loader, with
+    its random draws (masks, views, flips) from ``seed`` so that every epoch is scored on the same draws; the
+    global random state is left as it was."""
+    model.eval()
+    start = time.perf_counter()
+    sums: dict[str, float] = {}
+    n = 0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for _, (x, _y) in _batches(loader, max_batches, "val", progress):
+            parts = model.evaluate(x.to(device, non_blocking=True))
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value * len(x)
+            n += len(x)
+    return {**{k: v / max(n, 1) for k, v in sums.items()}, "seconds": time.perf_counter() - start}

@@ -484,3 +484,85 @@ def multilabel_holdout(labels: np.ndarray, frac: float, seed: int) -> tuple[np.n
         side[r] = s
         size[s] -= 1
     return np.flatnonzero(side == 0), np.flatnonzero(side == 1)
+
+
+class PooledDataset(Dataset):
+    """The examples of several datasets of one shape in one index, for pretraining (labels are not pooled: every
+    example's label is 0). A training batch keeps its seed (:class:`SeededBatch`), so random crops of the pooled
+    record datasets draw what they would draw alone."""
+
+    def __init__(self, parts: Sequence[ECGDataset | RecordDataset], names: Sequence[str]) -> None:
+        shapes = {name: tuple(part[0][0].shape) for name, part in zip(names, parts, strict=True) if len(part)}
+        if len(set(shapes.values())) > 1:
+            raise ECGError("pooled datasets give examples of different shapes (" + ", ".join(
+                f"{n}: {s[0]} leads x {s[1]} samples" for n, s in shapes.items()) + "); pool record datasets with "
+                "the same --fs, --seq-len and leads")
+        self.parts, self.names = list(parts), list(names)
+        self.offsets = np.cumsum([0, *(len(p) for p in self.parts)])
+        self.labels = torch.zeros(int(self.offsets[-1]), dtype=torch.long)
+        self.classes = ["unlabelled"]
+        self.meta: dict[str, np.ndarray] = {}
+
+    @property
+    def in_channels(self) -> int:
+        return self.parts[0].in_channels
+
+    @property
+    def length(self) -> int:
+        """Samples per example."""
+        return int(next(p for p in self.parts if len(p))[0][0].shape[-1])
+
+    def class_counts(self) -> np.ndarray:
+        return np.array([len(self)])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = np.asarray(indices, dtype=np.int64)
+        part_of = np.searchsorted(self.offsets, index, side="right") - 1
+        out: torch.Tensor | None = None
+        for k in np.unique(part_of):
+            where = np.flatnonzero(part_of == k)
+            local = [int(index[j] - self.offsets[k]) for j in where]
+            if isinstance(indices, SeededBatch):
+                local = SeededBatch(local, indices.seed, [indices.positions[j] for j in where], indices.size)
+            x, _ = self.parts[k].__getitems__(local)
+            if out is None:
+                out = x.new_empty((len(index), *x.shape[1:]))
+            out[torch.as_tensor(where)] = x
+        return out, torch.zeros(len(index), dtype=torch.long)
+
+
+def label_subset(data: DataSplits, fraction: float, seed: int) -> DataSplits:
+    """``data`` with a ``fraction`` of its training examples, drawn per class with ``seed`` (at least one of each
+    class present; multi-label records grouped by their rarest label, records without one as a group); validation
+    and test are unchanged. The manifest (splits.json) records the fraction, seed and counts."""
+    train = data.train
+    labels = train.labels.numpy()
+    if labels.ndim == 2:  # multi-hot records: the rarest positive label (by training count), -1 for none
+        counts = labels.sum(axis=0)
+        rarity = np.where(labels > 0, counts[None, :], np.inf)
+        groups = np.where(labels.any(axis=1), rarity.argmin(axis=1), -1)
+    else:
+        groups = labels
+    rng = np.random.default_rng(seed)
+    keep = np.sort(np.concatenate([
+        rng.permutation(members)[: max(1, round(fraction * len(members)))]
+        for members in (np.flatnonzero(groups == g) for g in np.unique(groups))]))
+    meta = {k: np.asarray(v)[keep] for k, v in train.meta.items()}
+    if isinstance(train, RecordDataset):
+        if not train.random_crop:
+            raise ValueError("label_subset expects a training split of random crops (one window per record)")
+        subset: ECGDataset | RecordDataset = RecordDataset(
+            train.store, train.rows[keep], labels[keep], train.classes, train.window, random_crop=True,
+            leads=train.lead_index, meta=meta, aggregate=train.aggregate, standardize=train.standardize)
+    else:
+        subset = ECGDataset(train.x[torch.as_tensor(keep)], labels[keep], train.classes, meta)
+    note = {"fraction": fraction, "seed": seed, "examples": int(len(keep)), "of": int(len(labels)),
+            "stratified_by": "rarest label" if labels.ndim == 2 else "class"}
+    return replace(data, train=subset, manifest={**data.manifest, "label_fraction": note})

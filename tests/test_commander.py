@@ -100,7 +100,7 @@ def test_bump_makes_a_new_version_and_a_finished_run_is_kept(root: Path, capsys)
     assert (root / "ecg" / "runs" / f"{RUN}_2" / "checkpoint.pth.tar").is_file()
 
 
-def test_pretrained_loads_weights_into_a_new_run(root: Path) -> None:
+def test_pretrained_loads_weights_into_a_new_run(root: Path, capsys) -> None:
     assert cli(root, "--epochs", "1", "--dataset", "ecg") == 0
     best = root / "ecg" / "runs" / f"{RUN}_1" / "model_best.pth.tar"
     assert cli(root, "--epochs", "1", "--pretrained", str(best)) == 0
@@ -108,9 +108,11 @@ def test_pretrained_loads_weights_into_a_new_run(root: Path) -> None:
     assert (tuned / "checkpoint.pth.tar").is_file() and not (root / "ecg" / "runs" / f"{RUN}_2").exists()
     assert cli(root, "--pretrained", str(best), "--test") == 0 and (tuned / "pred").is_dir()
     assert cli(root, "--pretrained", str(root / "other.pth.tar"), "--test") == 2  # recorded: another file
-    # the binary dataset has 2 classes: the 5-class weights do not fit
+    # the binary dataset has 2 classes: the 5-class head does not fit, so only the encoder is loaded
     assert commander.main(["--dataset", "ecg_bin", "--model-name", "cnn1d_3", "--short-run", "--epochs", "1",
-                           "--root-dir", str(root), "--pretrained", str(best)]) == 2
+                           "--root-dir", str(root), "--pretrained", str(best)]) == 0
+    out = capsys.readouterr().out
+    assert "encoder tensors" in out and "new: head.3.weight, head.3.bias" in out
 
 
 @pytest.mark.parametrize("flags,message", [

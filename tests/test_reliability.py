@@ -310,7 +310,7 @@ BAD_INPUTS = {
     "epoch checkpoint that was not kept": (["--test", "--resume", "5"], "checkpoint_epoch5.pth.tar"),
     "num classes disagreeing": (["--num-classes", "3"], "--num-classes 3 disagrees"),
     "checkpoint of another architecture": (["--pretrained", "{root}/resnet.pth.tar"],
-                                           "model_name='resnet1d_10' but this run needs model_name='cnn1d_3'"),
+                                           "holds a resnet1d_10 encoder"),
     "pretrained file missing": (["--pretrained", "{root}/nothing.pth.tar"], "nothing.pth.tar: no such file"),
     "pretrained file damaged": (["--pretrained", f"{{root}}/ecg/runs/{RUN}_1/logger.json"],
                                 "logger.json is not a readable checkpoint"),
