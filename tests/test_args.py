@@ -76,6 +76,9 @@ def test_the_parser_offers_exactly_the_selectors_names() -> None:
     assert args_module.AUGMENTATIONS == tuple(AUGMENTATIONS)
     assert args_module.THRESHOLD_OBJECTIVES == tuple(THRESHOLD_OBJECTIVES)
     assert BEAT_FORMAT_NAMES == tuple(mitdb.BEAT_FORMATS)
+    from tasks.pretrain import PRETEXTS
+
+    assert args_module.PRETEXTS == tuple(PRETEXTS)
 
 
 @pytest.mark.parametrize("argv,message", [
