@@ -156,8 +156,7 @@ def arm_flags(bench: Benchmark, fraction: float, epochs: int, pretrained: Path |
 def summarise(results: list[dict[str, Any]], metrics: tuple[str, ...]) -> dict[str, Any]:
     """One arm at one fraction: runs, labelled examples and per metric the seeds' values, mean, sd and the 95%
     bootstrap interval of the mean."""
-    # one run is passed twice (the same interval): bootstrap_multilabel misreads a list of one run's thresholds
-    interval = seed_interval(results if len(results) > 1 else results * 2)
+    interval = seed_interval(results)
     scores = {}
     for m in metrics:
         values = [r["metrics"].get(m) for r in results]

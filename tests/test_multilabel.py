@@ -444,6 +444,9 @@ def test_multilabel_bootstrap_holds_the_estimate_and_repeats(scoring: cinc2020.S
         assert ci[key][0] <= m[key] <= ci[key][1], key
     assert ci == bootstrap_multilabel(targets, probs, th, scoring.codes, 300, weights=scoring.weights,
                                       normal_index=scoring.normal_index)
+    # one run given as a list of one (as benchmarks pass a single seed) is the same run
+    assert ci == bootstrap_multilabel(targets, [probs], [list(th)], scoring.codes, 300, weights=scoring.weights,
+                                      normal_index=scoring.normal_index)
 
 
 # ---- malformed inputs and changed tables ----

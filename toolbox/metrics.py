@@ -329,7 +329,7 @@ def bootstrap_multilabel(targets: np.ndarray, probs: np.ndarray | Sequence[np.nd
     same draws and averaged, as in :func:`bootstrap_classification`.
     """
     runs = list(probs) if isinstance(probs, list | tuple) else [probs]
-    cuts = list(thresholds) if isinstance(thresholds, list | tuple) and len(runs) > 1 else [thresholds] * len(runs)
+    cuts = list(thresholds) if isinstance(probs, list | tuple) else [thresholds]  # one per run
     targets = np.asarray(targets, dtype=bool)
     outputs = [p >= np.asarray(t)[None, :] for p, t in zip(runs, cuts, strict=True)]
     rng = np.random.default_rng(seed)
