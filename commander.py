@@ -604,26 +604,49 @@ def _write_npz(path: Path, **arrays: np.ndarray) -> None:
         np.savez_compressed(f, **arrays)
 
 
+def own_optimizers(args: argparse.Namespace, model: torch.nn.Module, train: Any, val: Any,
+                   state: dict[str, Any] | None, path: Path | None) -> tuple[Any, Any, dict[str, Any],
+                                                                         torch.Generator, int, float, int]:
+    """The loaders and the model's own optimisers (generative and pretext models), restored from ``state`` on
+    resume: (train loader, val loader, optimisers, generator, start epoch, best score, best epoch)."""
+    generator = torch.Generator().manual_seed(args.seed)
+    train_loader = make_dataloader(train, args.batch_size, shuffle=True, workers=args.workers, generator=generator)
+    val_loader = make_dataloader(val, args.batch_size, workers=args.workers)
+    optimizers = model.make_optimizers(args.lr, args.weight_decay)
+    if state is None:
+        return train_loader, val_loader, optimizers, generator, 0, -math.inf, 0
+    checkpoint.restore_optimizers(state, path, optimizers, generator)
+    return (train_loader, val_loader, optimizers, generator, state["epoch"], state.get("best_score", -math.inf),
+            state.get("best_epoch", 0))
+
+
+def interrupted(args: argparse.Namespace, run_dir: Path, version: str) -> tuple[int, Path]:
+    """Ctrl-C in a one-process run: say how to continue it; exit code 130."""
+    again = ["--resume", "latest"] if (run_dir / checkpoint.LAST).exists() else []
+    resume = naming_flags(args) + ["--epochs", str(args.epochs), *again, "--version", version]
+    print(f"commander.py: interrupted; checkpoints of complete epochs are kept; continue with: "
+          f"python commander.py {' '.join(resume)}", file=sys.stderr)
+    return 130, run_dir
+
+
+def open_run(runs_dir: Path, run_dir: Path | None, args: argparse.Namespace) -> Path:
+    """The run folder (a new version claimed now when there is none), writable and without temporary files."""
+    if run_dir is None:
+        run_dir = claim_run(runs_dir, run_name(args))
+    ensure_writable(run_dir, "the run folder")
+    remove_temporaries(run_dir)
+    return run_dir
+
+
 def train_anomaly(args: argparse.Namespace, runs_dir: Path, run_dir: Path | None, state: dict[str, Any] | None,
                   path: Path | None, shape: dict[str, Any], model: torch.nn.Module, data: DataSplits,
                   normal: list[int], device: torch.device, raw: Path) -> tuple[int, Path]:
     """Train a generative model on normal beats; every epoch fit the score combination and threshold on
     validation and keep the epoch of the best cross-validated validation AUROC."""
     max_batches = SHORT_RUN_BATCHES if args.short_run else None
-    generator = torch.Generator().manual_seed(args.seed)
-    train_loader = make_dataloader(data.train, args.batch_size, shuffle=True, workers=args.workers,
-                                   generator=generator)
-    val_loader = make_dataloader(data.val, args.batch_size, workers=args.workers)
-    optimizers = model.make_optimizers(args.lr, args.weight_decay)
-    start_epoch, best_score, best_epoch = 0, -math.inf, 0
-    if state is not None:
-        checkpoint.restore_optimizers(state, path, optimizers, generator)
-        start_epoch = state["epoch"]
-        best_score, best_epoch = state.get("best_score", -math.inf), state.get("best_epoch", 0)
-    if run_dir is None:
-        run_dir = claim_run(runs_dir, run_name(args))
-    ensure_writable(run_dir, "the run folder")
-    remove_temporaries(run_dir)
+    train_loader, val_loader, optimizers, generator, start_epoch, best_score, best_epoch = own_optimizers(
+        args, model, data.train, data.val, state, path)
+    run_dir = open_run(runs_dir, run_dir, args)
     record_invocation(run_dir, args, "resume" if state is not None else "train", world_size=1, first={
         "run": run_dir.name, "command": sys.argv, "flags": flags(args),
         "dataset": {"classes": data.classes, "in_channels": data.in_channels, "raw_dir": str(raw.resolve()),
@@ -674,11 +697,7 @@ def train_anomaly(args: argparse.Namespace, runs_dir: Path, run_dir: Path | None
                   f"combination; {singles}) F1 {val['f1']:.4f} | {tr['seconds'] + val['seconds']:.1f} s"
                   f"{'  *best' if is_best else ''}", flush=True)
     except KeyboardInterrupt:
-        again = ["--resume", "latest"] if (run_dir / checkpoint.LAST).exists() else []
-        resume = naming_flags(args) + ["--epochs", str(args.epochs), *again, "--version", version]
-        print(f"commander.py: interrupted; checkpoints of complete epochs are kept; continue with: "
-              f"python commander.py {' '.join(resume)}", file=sys.stderr)
-        return 130, run_dir
+        return interrupted(args, run_dir, version)
     finally:
         logger.close()
     hint = naming_flags(args) + ["--test", "--resume", "best", "--version", version]
@@ -736,19 +755,9 @@ def pretrain_run(args: argparse.Namespace, runs_dir: Path, run_dir: Path | None,
         checkpoint.check_compatible(state, path, **shape)
         checkpoint.load_weights(state, path, model)
     max_batches = SHORT_RUN_BATCHES if args.short_run else None
-    generator = torch.Generator().manual_seed(args.seed)
-    train_loader = make_dataloader(train, args.batch_size, shuffle=True, workers=args.workers, generator=generator)
-    val_loader = make_dataloader(val, args.batch_size, workers=args.workers)
-    optimizers = model.make_optimizers(args.lr, args.weight_decay)
-    start_epoch, best_score, best_epoch = 0, -math.inf, 0
-    if state is not None:
-        checkpoint.restore_optimizers(state, path, optimizers, generator)
-        start_epoch = state["epoch"]
-        best_score, best_epoch = state.get("best_score", -math.inf), state.get("best_epoch", 0)
-    if run_dir is None:
-        run_dir = claim_run(runs_dir, run_name(args))
-    ensure_writable(run_dir, "the run folder")
-    remove_temporaries(run_dir)
+    train_loader, val_loader, optimizers, generator, start_epoch, best_score, best_epoch = own_optimizers(
+        args, model, train, val, state, path)
+    run_dir = open_run(runs_dir, run_dir, args)
     parameters = sum(p.numel() for p in model.parameters())
     record_invocation(run_dir, args, "resume" if state is not None else "train", world_size=1, first={
         "run": run_dir.name, "command": sys.argv, "flags": flags(args),
@@ -785,11 +794,7 @@ def pretrain_run(args: argparse.Namespace, runs_dir: Path, run_dir: Path | None,
             print(f"epoch {epoch:>3}/{args.epochs}  train {parts} | val {shown} | "
                   f"{tr['seconds'] + val_scores['seconds']:.1f} s{'  *best' if is_best else ''}", flush=True)
     except KeyboardInterrupt:
-        again = ["--resume", "latest"] if (run_dir / checkpoint.LAST).exists() else []
-        resume = naming_flags(args) + ["--epochs", str(args.epochs), *again, "--version", version]
-        print(f"commander.py: interrupted; checkpoints of complete epochs are kept; continue with: "
-              f"python commander.py {' '.join(resume)}", file=sys.stderr)
-        return 130, run_dir
+        return interrupted(args, run_dir, version)
     finally:
         logger.close()
     print(f"best validation {args.pretext} loss {-best_score:.4f} at epoch {best_epoch}; fine-tune a classifier "
