@@ -45,6 +45,7 @@ from loaders.dataset import (
     check_standardization,
     label_subset,
     make_dataloader,
+    split_records,
     with_record_options,
 )
 from loaders.preprocess import Preprocess
@@ -162,9 +163,7 @@ def load_pretrained(state: dict[str, Any], where: Path, shape: dict[str, Any], m
                     procs: Processes = ALONE) -> None:
     """--pretrained: every weight of a checkpoint of this very model (same classes), else the encoder of a
     pretraining run or of another classifier (toolbox.transfer), saying what was loaded and what is new."""
-    same = state.get("task", "classify") != "pretrain" and all(
-        state.get(k, 0 if k == "feature_channels" else None) == v for k, v in shape.items())
-    if same:
+    if state.get("task", "classify") != "pretrain" and checkpoint.compatible(state, **shape):
         checkpoint.load_weights(state, where, model)
         if procs.main:
             print(f"loaded every weight of {where} (epoch {state['epoch']})")
@@ -734,12 +733,6 @@ def pretrain_data(args: argparse.Namespace, run_dir: Path | None) -> tuple[Poole
                              "training and validation examples only; no example of a test split")}}
     names = [f"{n}/{part}" for n in args.pool for part in (("train", "test") if args.transductive else ("train",))]
     return PooledDataset(train, names), PooledDataset(val, list(args.pool)), manifest, raws
-
-
-def split_records(manifest: dict[str, Any], part: str) -> list[str]:
-    """The record ids of split ``part`` in a dataset's manifest (MIT-BIH lists them under "records")."""
-    ids = manifest["records"][part] if isinstance(manifest.get("records"), dict) else manifest[part]
-    return [str(r) for r in ids]
 
 
 def pretrain_run(args: argparse.Namespace, runs_dir: Path, run_dir: Path | None, state: dict[str, Any] | None,

@@ -59,6 +59,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import commander  # noqa: E402
 from benchmarks.quality import cell, run_seed, seed_interval  # noqa: E402
+from loaders.dataset import split_records  # noqa: E402
 from toolbox.utils import ECGError  # noqa: E402
 
 MAX_EPOCH_FACTOR = 3  # a small fraction trains at most this many times the epochs of fraction 1
@@ -91,7 +92,7 @@ BENCHMARKS: dict[str, Benchmark] = {
 
 def held_out_records(splits: dict[str, Any]) -> set[str]:
     """The test record ids of an evaluation run's splits.json, as strings."""
-    return set(commander.split_records(splits, "test"))
+    return set(split_records(splits, "test"))
 
 
 def check_disjoint(pretrain_splits: dict[str, Any], eval_splits: dict[str, Any]) -> None:

@@ -566,3 +566,9 @@ def label_subset(data: DataSplits, fraction: float, seed: int) -> DataSplits:
     note = {"fraction": fraction, "seed": seed, "examples": int(len(keep)), "of": int(len(labels)),
             "stratified_by": "rarest label" if labels.ndim == 2 else "class"}
     return replace(data, train=subset, manifest={**data.manifest, "label_fraction": note})
+
+
+def split_records(manifest: dict[str, Any], part: str) -> list[str]:
+    """The record ids of split ``part`` in a dataset's manifest (MIT-BIH lists them under "records")."""
+    ids = manifest["records"][part] if isinstance(manifest.get("records"), dict) else manifest[part]
+    return [str(r) for r in ids]

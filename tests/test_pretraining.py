@@ -75,16 +75,21 @@ def test_linear_probe_keeps_the_loaded_encoder_exactly(pretrained: Path, tmp_pat
 
 def test_freeze_epochs_then_the_encoder_trains(pretrained: Path, tmp_path: Path, cache_root: Path, capsys) -> None:
     shutil.copytree(cache_root / "cache", tmp_path / "cache")
-    code, run = commander.run(commander.parse_args([*FINETUNE, "--pretrained", str(pretrained), "--freeze-epochs",
-                                                    "1", "--root-dir", str(tmp_path), "--scheduler", "StepLR"]))
-    assert code == 0 and "the whole model trains" in capsys.readouterr().out
+    flags = [*FINETUNE, "--pretrained", str(pretrained), "--freeze-epochs", "1", "--root-dir", str(tmp_path),
+             "--scheduler", "StepLR"]
+    code, run = commander.run(commander.parse_args([*flags, "--epochs", "1"]))
+    assert code == 0 and "encoder frozen" in capsys.readouterr().out
     source = _load(pretrained / "model_best.pth.tar")["encoder"]
     weights = [n for n in source if n.endswith("weight")]
-    epoch1 = _load(run / "model_best.pth.tar") if _load(run / "model_best.pth.tar")["epoch"] == 1 else None
-    last = _load(run / "checkpoint.pth.tar")["model"]
-    assert any(not torch.equal(last[n], source[n]) for n in weights)  # epoch 2 trained the encoder
-    if epoch1 is not None:  # epoch 1 (frozen) left the encoder's weights as loaded
-        assert all(torch.equal(epoch1["model"][n], source[n]) for n in weights if source[n].dim() > 1)
+    epoch1 = _load(run / "checkpoint.pth.tar")
+    assert epoch1["epoch"] == 1  # epoch 1 (frozen) left the encoder's weights as loaded
+    assert all(torch.equal(epoch1["model"][n], source[n]) for n in weights)
+    version = run.name.rsplit("_", 1)[1]
+    code, again = commander.run(commander.parse_args([*flags, "--epochs", "2", "--resume", "latest",
+                                                      "--version", version]))
+    assert code == 0 and again == run and "the whole model trains" in capsys.readouterr().out
+    last = _load(run / "checkpoint.pth.tar")
+    assert last["epoch"] == 2 and any(not torch.equal(last["model"][n], source[n]) for n in weights)
 
 
 def test_label_fraction_draws_each_class_and_records_it(tmp_path: Path, cache_root: Path) -> None:

@@ -127,9 +127,19 @@ def check_compatible(state: dict[str, Any], path: Path, **want: Any) -> None:
     """Refuse a checkpoint of another architecture, lead count, class count or feature count (``want``:
     the constructor arguments this run needs; a checkpoint without ``feature_channels`` has none)."""
     for key, value in want.items():
-        have = state.get(key, 0 if key == "feature_channels" else None)
+        have = _held(state, key)
         if have != value:
             raise ECGError(f"{path} holds {key}={have!r} but this run needs {key}={value!r}")
+
+
+def compatible(state: dict[str, Any], **want: Any) -> bool:
+    """Whether :func:`check_compatible` would accept the checkpoint."""
+    return all(_held(state, key) == value for key, value in want.items())
+
+
+def _held(state: dict[str, Any], key: str) -> Any:
+    """A constructor argument of the checkpoint (``feature_channels`` 0 where an older one lacks it)."""
+    return state.get(key, 0 if key == "feature_channels" else None)
 
 
 def _first_line(exc: BaseException) -> str:
