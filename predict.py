@@ -155,7 +155,7 @@ def annotate(rec: recording.Recording, state: dict, model: torch.nn.Module, devi
                        f"them out first")
     try:
         peaks = detect.align(signal, fs, detect.detect(signal, fs, args.detector), detect.ALIGN_BEFORE_S,
-                             detect.ALIGN_AFTER_S)
+                             detect.ALIGN_AFTER_S, detect.ALIGN_SHIFT_S)
     except ECGError as exc:
         raise ECGError(f"{rec.path}: {exc}") from None
     if len(peaks) == 0:
@@ -214,7 +214,8 @@ def run_beats(args: argparse.Namespace, paths: list[Path], state: dict, model: t
                        detector={"name": args.detector, "lead": result["lead"], "fs": fs,
                                  "library": "wfdb" if args.detector.startswith("wfdb") else "neurokit2",
                                  "settings": "the library's defaults",
-                                 "aligned_to_largest_abs_deviation_s": [-detect.ALIGN_BEFORE_S, detect.ALIGN_AFTER_S]})
+                                 "aligned_to_largest_abs_deviation_s": [-detect.ALIGN_BEFORE_S, detect.ALIGN_AFTER_S],
+                                 "then_shifted_s": round(detect.ALIGN_SHIFT_S, 6)})
         beat_report.plot_strips(args.out / f"{rec.name}_strip.png", result["signal"], fs, result["lead"], samples,
                                 labels, classes, f"{rec.name}: {name}, {args.detector}")
         seconds = time.perf_counter() - start

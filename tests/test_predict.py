@@ -150,6 +150,10 @@ def test_align_moves_detections_to_the_largest_deflection() -> None:
     # looked for from 50 ms (18 samples) before each detection to 100 ms (36) after it
     peaks = detect.align(signal, fs, np.array([988, 2015, 2990, 3005]), 0.05, 0.10)
     assert peaks.tolist() == [1000, 2000, 3000]  # the two detections of one beat merge
+    # then moved by the shift (rounded to samples at the signal's rate), and kept inside the signal
+    shifted = detect.align(signal, fs, np.array([988, 2015, 2990]), 0.05, 0.10, detect.ALIGN_SHIFT_S)
+    assert shifted.tolist() == [999, 1999, 2999]
+    assert detect.align(signal, fs, np.array([1000]), 0.05, 0.10, -2000 / fs).tolist() == [0]
 
 
 def test_the_shipped_model_loads_safely_and_reproduces_its_card(data_root: Path, cache_root: Path,
