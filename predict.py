@@ -213,7 +213,8 @@ def run_beats(args: argparse.Namespace, paths: list[Path], state: dict, model: t
                               "classes": classes},
                        detector={"name": args.detector, "lead": result["lead"], "fs": fs,
                                  "library": "wfdb" if args.detector.startswith("wfdb") else "neurokit2",
-                                 "settings": "the library's defaults",
+                                 "settings": "the library's defaults" + (f", run at {min(fs, detect.GQRS_FS):g} Hz"
+                                                                         if args.detector == "wfdb-gqrs" else ""),
                                  "aligned_to_largest_abs_deviation_s": [-detect.ALIGN_BEFORE_S, detect.ALIGN_AFTER_S],
                                  "then_shifted_s": round(detect.ALIGN_SHIFT_S, 6)})
         beat_report.plot_strips(args.out / f"{rec.name}_strip.png", result["signal"], fs, result["lead"], samples,

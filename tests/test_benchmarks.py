@@ -87,3 +87,25 @@ def test_anomaly_rows_over_seeds_and_over_intra_folds(tmp_path: Path, cache_root
     assert "`tiny-anomaly (2 folds x 1 seeds)`" in out and "--folds 2 --fold I" in out
     folds = sorted(p.name for p in (tmp_path / "ecg" / "runs").iterdir() if "_cv" in p.name)
     assert [f.split("_")[2] for f in folds] == ["cv1of2", "cv2of2"]
+
+
+def test_formats_compares_each_format_with_the_wfdb_beats(tmp_path: Path) -> None:
+    from benchmarks import formats
+    from toolbox.beat_report import write_beats_csv
+
+    # WFDB (360 Hz): beats at 1, 2, 3, 4 s, classes N N V N. The 128-Hz format finds the first three 4 samples
+    # (31 ms) late, labels the third N, and adds one beat at 6 s; the others agree exactly.
+    beats = {"WFDB 360 Hz": (np.array([360, 720, 1080, 1440]), 360.0, [0, 0, 2, 0]),
+             "CSV 128 Hz": (np.array([132, 260, 388, 512, 768]), 128.0, [0, 0, 0, 0, 0]),
+             "EDF 250 Hz": (np.array([250, 500, 750, 1000]), 250.0, [0, 0, 2, 0]),
+             "CSV 500 Hz": (np.array([500, 1000, 1500, 2000]), 500.0, [0, 0, 2, 0])}
+    outs = {}
+    for name, (samples, fs, labels) in beats.items():
+        outs[name] = tmp_path / name.replace(" ", "_")
+        outs[name].mkdir()
+        write_beats_csv(outs[name] / "100_beats.csv", samples, fs, np.array(labels), np.eye(3)[labels], CLASSES)
+    rows = formats.compare(outs, ["100"])
+    cells = [r.strip("| ").split(" | ") for r in rows]
+    # 128 Hz: 5 beats, 4 of 4 WFDB beats matched (100%), 4 of its 5 (80%), median shift 31 ms, 3 of 4 same class
+    assert cells[0] == ["CSV 128 Hz", "5", "100.00", "80.00", "31.0", "75.00", "100 (75.0)"]
+    assert cells[1] == ["EDF 250 Hz", "4", "100.00", "100.00", "0.0", "100.00", "100 (100.0)"]

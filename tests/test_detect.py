@@ -26,6 +26,18 @@ def test_every_detector_finds_the_beats_of_a_clean_record(name: str, record_100)
     assert matched / len(reference) > 0.97 and matched / len(peaks) > 0.97, (matched, len(reference), len(peaks))
 
 
+def test_gqrs_runs_resampled_and_answers_in_the_leads_samples(record_100) -> None:
+    signal, reference, fs = record_100
+    from wfdb import processing
+
+    native = np.asarray(processing.gqrs_detect(sig=signal, fs=fs))  # at 360 Hz, what detect() avoids for speed
+    for rate, lead in ((fs, signal), (fs / 3, signal[::3])):  # the 120-Hz lead itself is not resampled again
+        peaks = detect.detect(lead, rate, "wfdb-gqrs")
+        assert detect.GQRS_FS == 120 and len(peaks) == len(native), (rate, len(peaks), len(native))
+        # in the lead's own samples: within a few ms of the native detections (gqrs marks the QRS onset side)
+        assert np.abs(peaks * (fs / rate) - native).max() <= 0.02 * fs, rate
+
+
 def test_bad_detector_input_is_a_clear_error() -> None:
     with pytest.raises(ECGError, match="unknown R-peak detector 'nope'; choose one of nk-neurokit"):
         detect.detect(np.zeros(1000), 360, "nope")

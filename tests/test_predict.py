@@ -81,9 +81,9 @@ def test_each_format_gives_the_four_files_and_the_same_beats(annotated: dict[str
     for fmt in ("csv", "edf", "npy"):
         other_times, _, other_labels = read_beats(annotated[fmt])
         r, d = ec57.match_beats(times, other_times, 0.150)
-        # resampling moves a few beats across the detector's and the model's decisions; measured on 5-minute
-        # excerpts of 8 records (README, "Your own recordings"): 99.9% of beats matched, 99.1% (128 Hz) to 99.5%
-        # of them in the same class; on this excerpt 98.1-99.0%
+        # resampling moves a few beats across the detector's and the model's decisions; benchmarks/formats.py on
+        # 5-minute excerpts of 8 records: 100% of beats matched, 98.7% (128 Hz) to 99.7% (500 Hz) of them in the
+        # same class
         assert len(r) >= 0.99 * len(times) and len(d) >= 0.99 * len(other_times), fmt
         same = np.mean([labels[i] == other_labels[j] for i, j in zip(r, d, strict=True)])
         assert same >= 0.97, (fmt, same)
