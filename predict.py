@@ -51,7 +51,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="lead to annotate, by name or index (default: the model's training lead, else MLII, II, "
                         "then the first lead; the choice is printed)")
     p.add_argument("--detector", default="wfdb-gqrs", choices=list(DETECTOR_NAMES),
-                   help="R-peak detector (docs/benchmarks.md, 'R-peak detectors', compares them on MIT-BIH)")
+                   help="R-peak detector; wfdb-gqrs runs on the lead resampled to 120 Hz (docs/benchmarks.md, "
+                        "'R-peak detectors', compares them on MIT-BIH)")
     p.add_argument("--reference", default=None, metavar="EXT",
                    help="score the beats against reference annotations <record>.EXT (e.g. atr) and write ec57.json")
     p.add_argument("--explain", default=None, type=POSITIVE_INT, metavar="N",
@@ -213,7 +214,7 @@ def run_beats(args: argparse.Namespace, paths: list[Path], state: dict, model: t
                               "classes": classes},
                        detector={"name": args.detector, "lead": result["lead"], "fs": fs,
                                  "library": "wfdb" if args.detector.startswith("wfdb") else "neurokit2",
-                                 "settings": "the library's defaults" + (f", run at {min(fs, detect.GQRS_FS):g} Hz"
+                                 "settings": "the library's defaults" + (f", run at {detect.gqrs_rate(fs):g} Hz"
                                                                          if args.detector == "wfdb-gqrs" else ""),
                                  "aligned_to_largest_abs_deviation_s": [-detect.ALIGN_BEFORE_S, detect.ALIGN_AFTER_S],
                                  "then_shifted_s": round(detect.ALIGN_SHIFT_S, 6)})

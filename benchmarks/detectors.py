@@ -3,11 +3,12 @@
     python benchmarks/detectors.py [--detectors nk-pantompkins1985 wfdb-gqrs ...]
 
 Each detector (``loaders.detect.DETECTORS``) runs on the record's MLII lead (lead 0 where there is none) at
-360 Hz. A detection within 150 ms of a reference beat annotation matches it (``toolbox.ec57``); each beat is
-used once. Gross Se = matched / reference beats, +P = matched / detections, pooled over records, on the 44
-non-paced records (the EC57 convention) and on all 48, with ventricular flutter episodes (record 207) left
-out as EC57 does. Time is the median per record (30 min of one lead). ``--align`` scores the detections after
-``predict.py``'s move to the R peak, and prints how far they lie from the DS1 annotations.
+360 Hz (``wfdb-gqrs`` resamples it to 120 Hz itself). A detection within 150 ms of a reference beat annotation
+matches it (``toolbox.ec57``); each beat is used once. Gross Se = matched / reference beats, +P = matched /
+detections, pooled over records, on the 44 non-paced records (the EC57 convention) and on all 48, with
+ventricular flutter episodes (record 207) left out as EC57 does. Time is the median per record (30 min of one
+lead). ``--align`` scores the detections after ``predict.py``'s move to the R peak, and prints how far they lie
+from the DS1 annotations.
 Needs ``$ECG_DATA_ROOT/mitdb``. Prints Markdown.
 """
 from __future__ import annotations

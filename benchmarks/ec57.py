@@ -26,7 +26,7 @@ import torch
 import predict
 import trainer
 from benchmarks import mitdb_folder
-from loaders import DETECTOR_NAMES, mitdb
+from loaders import DETECTOR_NAMES, detect, mitdb
 from loaders.dataset import make_dataloader
 from models import from_checkpoint
 from toolbox import checkpoint, ec57
@@ -123,7 +123,9 @@ def main() -> None:
     rows["gross"] = ec57.scores(ec57.pool(list(e2e.values())), classes, scored)
     print(ec57.table(rows, scored))
     if args.save:
-        write_json(args.save, {"model": name, "detector": args.detector, "classes": classes,
+        rate = detect.gqrs_rate(360.0) if args.detector == "wfdb-gqrs" else 360.0
+        write_json(args.save, {"model": name, "detector": args.detector, "detector_runs_at_hz": rate,
+                               "classes": classes,
                                "end_to_end": {r: {k: v.tolist() for k, v in c.items()} for r, c in e2e.items()},
                                "reference_peaks": {r: {k: np.asarray(v).tolist() for k, v in c.items()}
                                                    for r, c in reference.items()},

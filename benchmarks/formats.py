@@ -6,8 +6,9 @@
 Each excerpt (the first ``--minutes`` of both leads) is written by ``loaders.recording.write_recording``, which
 resamples it; ``predict.py`` then annotates each format's folder in one call (it resamples back to the model's
 rate). Every format's beats are matched to the WFDB beats within 150 ms (``toolbox.ec57``, each beat used once):
-the share matched, the median time shift of matched beats, and the share of matched beats in the same class,
-pooled over records, and the record where the classes agree least. Needs ``$ECG_DATA_ROOT/mitdb``. Prints Markdown.
+the share matched, the median absolute time shift of matched beats (times as written, to 1 ms), and the share
+of matched beats in the same class, pooled over records, and the record where the classes agree least. Needs
+``$ECG_DATA_ROOT/mitdb``. Prints Markdown.
 """
 from __future__ import annotations
 
@@ -75,7 +76,10 @@ def compare(outs: dict[str, Path], records: list[str]) -> list[str]:
             same = sum(c0[a] == c1[b] for a, b in zip(i, j, strict=True))
             n_ref, n_other, n_matched, n_same = n_ref + len(t0), n_other + len(t1), n_matched + len(i), n_same + same
             shifts.append(np.abs(t1[j] - t0[i]))
-            worst = min(worst, (same / max(len(i), 1), r))
+            worst = min(worst, (same / len(i) if len(i) else 0.0, r))
+        if not n_matched:
+            rows.append(f"| {name} | {n_other:,} | 0.00 | 0.00 | - | - | - |")
+            continue
         shift_ms = 1000 * float(np.median(np.concatenate(shifts)))
         rows.append(f"| {name} | {n_other:,} | {100 * n_matched / n_ref:.2f} | {100 * n_matched / n_other:.2f} "
                     f"| {shift_ms:.1f} | {100 * n_same / n_matched:.2f} | {worst[1]} ({100 * worst[0]:.1f}) |")
@@ -94,12 +98,18 @@ def main() -> None:
     p = get_args_parser()
     args = p.parse_args()
     raw = mitdb_folder(p)
+    name = predict.load_model(args.run, "best")[2]
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
         outs = annotate(raw, args.records, args.minutes, Path(work), args.run)
         base = sum(len(beats(outs[FORMATS[0][0]] / f"{r}_beats.csv")[0]) for r in args.records)
         rows = compare(outs, args.records)
-    print(f"\n# One recording, four formats, {time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} CPUs\n")
-    print(f"`python benchmarks/formats.py --records {' '.join(args.records)} --minutes {args.minutes:g}`\n")
+    seconds = time.perf_counter() - start
+    print(f"\n# One recording, four formats, {name}, {time.strftime('%Y-%m-%d')}, {platform.machine()} "
+          f"{os.cpu_count()} CPUs\n")
+    run = f" --run {args.run}" if args.run else ""
+    print(f"`python benchmarks/formats.py --records {' '.join(args.records)} --minutes {args.minutes:g}{run}` "
+          f"({seconds:.0f} s: writing, reading and annotating)\n")
     print(f"{base:,} beats found in the WFDB excerpts ({len(args.records)} x {args.minutes:g} min); each format's "
           "beats against them:\n")
     print("| format | beats | matched % of WFDB beats | matched % of its beats | median shift ms "

@@ -62,13 +62,21 @@ def holdout(idx: np.ndarray, labels: np.ndarray, frac: float, seed: int) -> tupl
     return np.sort(kept), np.sort(held)
 
 
-def resample(signal: np.ndarray, fs: float, target: float, axis: int = -1) -> np.ndarray:
+def resample(signal: np.ndarray, fs: float, target: float, axis: int = -1, padtype: str = "constant") -> np.ndarray:
     """Polyphase resampling along ``axis`` from ``fs`` to ``target`` Hz; a rate that is not a whole number is
-    taken as the nearest fraction with a denominator up to 1000. Unchanged when the rates are equal."""
+    taken as the nearest fraction with a denominator up to 1000. Unchanged when the rates are equal. ``padtype``
+    is scipy's: how the signal is extended past its ends ("line" keeps an offset from ramping in)."""
     if fs == target:
         return signal
     up, down = _ratio(fs, target)
-    return resample_poly(signal, up, down, axis=axis)
+    return resample_poly(signal, up, down, axis=axis, padtype=padtype)
+
+
+def resampled_index(index: np.ndarray, fs: float, target: float) -> np.ndarray:
+    """Sample indices at ``target`` Hz of the samples ``index`` at ``fs`` Hz (the inverse of :func:`resample`'s
+    time axis), rounded."""
+    up, down = _ratio(fs, target)
+    return np.round(np.asarray(index) * (up / down)).astype(np.int64)
 
 
 def _ratio(fs: float, target: float) -> tuple[int, int]:

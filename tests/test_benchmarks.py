@@ -93,19 +93,24 @@ def test_formats_compares_each_format_with_the_wfdb_beats(tmp_path: Path) -> Non
     from benchmarks import formats
     from toolbox.beat_report import write_beats_csv
 
-    # WFDB (360 Hz): beats at 1, 2, 3, 4 s, classes N N V N. The 128-Hz format finds the first three 4 samples
-    # (31 ms) late, labels the third N, and adds one beat at 6 s; the others agree exactly.
-    beats = {"WFDB 360 Hz": (np.array([360, 720, 1080, 1440]), 360.0, [0, 0, 2, 0]),
-             "CSV 128 Hz": (np.array([132, 260, 388, 512, 768]), 128.0, [0, 0, 0, 0, 0]),
-             "EDF 250 Hz": (np.array([250, 500, 750, 1000]), 250.0, [0, 0, 2, 0]),
-             "CSV 500 Hz": (np.array([500, 1000, 1500, 2000]), 500.0, [0, 0, 2, 0])}
-    outs = {}
-    for name, (samples, fs, labels) in beats.items():
-        outs[name] = tmp_path / name.replace(" ", "_")
-        outs[name].mkdir()
-        write_beats_csv(outs[name] / "100_beats.csv", samples, fs, np.array(labels), np.eye(3)[labels], CLASSES)
-    rows = formats.compare(outs, ["100"])
-    cells = [r.strip("| ").split(" | ") for r in rows]
-    # 128 Hz: 5 beats, 4 of 4 WFDB beats matched (100%), 4 of its 5 (80%), median shift 31 ms, 3 of 4 same class
-    assert cells[0] == ["CSV 128 Hz", "5", "100.00", "80.00", "31.0", "75.00", "100 (75.0)"]
-    assert cells[1] == ["EDF 250 Hz", "4", "100.00", "100.00", "0.0", "100.00", "100 (100.0)"]
+    # record 100, WFDB (360 Hz): beats at 1, 2, 3, 4 s, classes N N V N. At 128 Hz the first three are found
+    # 4 samples (31 ms) late, the third is labelled N, and a beat is added at 6 s; the other formats agree exactly.
+    # Record 101: the same beats, found alike in every format.
+    wfdb = (np.array([360, 720, 1080, 1440]), 360.0, [0, 0, 2, 0])
+    beats = {"100": {"WFDB 360 Hz": wfdb, "CSV 128 Hz": (np.array([132, 260, 388, 512, 768]), 128.0, [0] * 5),
+                     "EDF 250 Hz": (np.array([250, 500, 750, 1000]), 250.0, [0, 0, 2, 0]),
+                     "CSV 500 Hz": (np.array([500, 1000, 1500, 2000]), 500.0, [0, 0, 2, 0])},
+             "101": {name: (np.arange(1, 5) * int(rate or 360), rate or 360.0, [0, 0, 2, 0])
+                     for name, _, rate in formats.FORMATS}}
+    outs = {name: tmp_path / name.replace(" ", "_") for name, _, _ in formats.FORMATS}
+    for record, by_format in beats.items():
+        for name, (samples, fs, labels) in by_format.items():
+            outs[name].mkdir(exist_ok=True)
+            write_beats_csv(outs[name] / f"{record}_beats.csv", samples, fs, np.array(labels), np.eye(3)[labels],
+                            CLASSES)
+    cells = [r.strip("| ").split(" | ") for r in formats.compare(outs, ["101", "100"])]
+    # 128 Hz: 9 beats; all 8 WFDB beats matched, 8 of its 9 (88.89%); shifts 0 x 5 and 31 ms x 3: median 0;
+    # 7 of 8 in the same class; record 100 agrees least (3 of 4). A tie goes to the first record by name
+    assert cells[0] == ["CSV 128 Hz", "9", "100.00", "88.89", "0.0", "87.50", "100 (75.0)"]
+    assert cells[1] == ["EDF 250 Hz", "8", "100.00", "100.00", "0.0", "100.00", "100 (100.0)"]
+    assert [c[0] for c in cells] == ["CSV 128 Hz", "EDF 250 Hz", "CSV 500 Hz"]

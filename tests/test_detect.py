@@ -26,16 +26,38 @@ def test_every_detector_finds_the_beats_of_a_clean_record(name: str, record_100)
     assert matched / len(reference) > 0.97 and matched / len(peaks) > 0.97, (matched, len(reference), len(peaks))
 
 
-def test_gqrs_runs_resampled_and_answers_in_the_leads_samples(record_100) -> None:
-    signal, reference, fs = record_100
+@pytest.mark.parametrize("fs", [360.0, 250.0, 100.0])
+def test_gqrs_runs_at_its_rate_and_answers_in_the_leads_samples(fs: float, record_100, monkeypatch) -> None:
     from wfdb import processing
 
-    native = np.asarray(processing.gqrs_detect(sig=signal, fs=fs))  # at 360 Hz, what detect() avoids for speed
-    for rate, lead in ((fs, signal), (fs / 3, signal[::3])):  # the 120-Hz lead itself is not resampled again
-        peaks = detect.detect(lead, rate, "wfdb-gqrs")
-        assert detect.GQRS_FS == 120 and len(peaks) == len(native), (rate, len(peaks), len(native))
-        # in the lead's own samples: within a few ms of the native detections (gqrs marks the QRS onset side)
-        assert np.abs(peaks * (fs / rate) - native).max() <= 0.02 * fs, rate
+    from loaders.dataset import resample
+
+    signal = resample(record_100[0], record_100[2], fs)
+    seen = []
+
+    def fake(sig: np.ndarray, fs: float) -> np.ndarray:  # records what gqrs is given; a beat each second, one last
+        seen.append((len(sig), fs))
+        return np.r_[np.arange(0, len(sig), int(fs)), len(sig) - 1]
+
+    monkeypatch.setattr(processing, "gqrs_detect", fake)
+    peaks = detect.detect(signal, fs, "wfdb-gqrs")
+    rate = min(fs, 120.0)
+    assert detect.gqrs_rate(fs) == rate and seen == [(len(resample(signal, fs, rate)), rate)]
+    # each fake detection k at the low rate comes back as the lead's sample round(k * fs / rate), kept inside it
+    last = seen[0][0] - 1
+    assert peaks[1] == round(int(rate) * fs / rate) and peaks[-1] == min(round(last * fs / rate), len(signal) - 1)
+    assert np.abs(np.diff(peaks[:-1]) - fs).max() <= 1
+    if fs == 250.0:  # 113 samples are 55 at 120 Hz; the last, 54, maps to 54 x 25/12, rounded 113: past the end
+        assert detect.detect(signal[:113], fs, "wfdb-gqrs")[-1] == 112
+
+
+def test_gqrs_at_120_hz_finds_what_it_finds_at_360_hz(record_100) -> None:
+    from wfdb import processing
+
+    signal, reference, fs = record_100
+    native = np.asarray(processing.gqrs_detect(sig=signal, fs=fs))  # what detect() no longer does, for speed
+    peaks = detect.detect(signal, fs, "wfdb-gqrs")
+    assert len(peaks) == len(native) and np.abs(peaks - native).max() <= 0.02 * fs  # within 20 ms before align
 
 
 def test_bad_detector_input_is_a_clear_error() -> None:

@@ -116,6 +116,7 @@ def test_summary_counts_rates_and_runs_match_the_beats(annotated: dict[str, Path
     runs = beat_report.runs_of(v.astype(int), 1)
     assert summary["v_runs"]["count"] == len(runs)
     assert summary["model"]["name"].startswith("shipped:") and summary["detector"]["name"] == "wfdb-gqrs"
+    assert summary["detector"]["settings"] == "the library's defaults, run at 120 Hz" and summary["fs"] == 360
     assert (out / "208_strip.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
